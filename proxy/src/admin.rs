@@ -1,0 +1,138 @@
+//! The admin listener (SPEC section 5): health, readiness, metrics and the
+//! mutating endpoints, which need `Authorization: Bearer <token>` when a
+//! token is configured. It runs on its own address so that it can stay on
+//! loopback while the main listener faces clients.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::body::{full, json_response, Body};
+use crate::error::ProxyError;
+use crate::reload::{self, ReloadOutcome};
+use crate::server::{ConnInfo, Handler};
+use crate::state::State;
+
+pub struct AdminRouter {
+    state: Arc<State>,
+}
+
+impl AdminRouter {
+    pub fn new(state: Arc<State>) -> AdminRouter {
+        AdminRouter { state }
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/healthz") => {
+                Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+            }
+            (Method::GET, "/readyz") => {
+                if self.state.is_ready() {
+                    Ok(json_response(StatusCode::OK, &json!({"status": "ready"})))
+                } else {
+                    Err(ProxyError::Unavailable(
+                        "not ready: starting or draining".into(),
+                    ))
+                }
+            }
+            (Method::GET, "/metrics") => {
+                let mut resp = Response::new(full(Bytes::from(self.state.metrics.render())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(resp)
+            }
+            (Method::POST, "/admin/reload") => {
+                self.authorize(&req)?;
+                let result = reload::reload_config(&self.state, true).await;
+                reload::log_outcome(&result, "admin");
+                match result {
+                    Ok(ReloadOutcome::Applied { needs_restart }) => Ok(json_response(
+                        StatusCode::OK,
+                        &json!({"status": "reloaded", "needs_restart": needs_restart}),
+                    )),
+                    Ok(ReloadOutcome::Unchanged) => Ok(json_response(
+                        StatusCode::OK,
+                        &json!({"status": "unchanged"}),
+                    )),
+                    Err(e) => {
+                        let problems: Vec<_> = e
+                            .problems
+                            .iter()
+                            .map(|p| json!({"key": p.key, "reason": p.reason}))
+                            .collect();
+                        Ok(json_response(
+                            StatusCode::BAD_REQUEST,
+                            &json!({
+                                "error": "config_rejected",
+                                "detail": format!("{e}; the running config stays"),
+                                "problems": problems,
+                            }),
+                        ))
+                    }
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => Err(
+                ProxyError::MethodNotAllowed(format!("{} is not allowed on {path}", req.method())),
+            ),
+            _ => Err(ProxyError::NotFound(format!("no admin endpoint at {path}"))),
+        }
+    }
+
+    /// Checks the bearer token of a mutating request, when one is configured.
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), ProxyError> {
+        let rt = self.state.runtime();
+        let Some(expected) = rt.admin_token.as_deref() else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(ProxyError::Unauthorized("the bearer token is wrong".into())),
+            None => Err(ProxyError::Unauthorized(
+                "this endpoint needs Authorization: Bearer <admin token>".into(),
+            )),
+        }
+    }
+}
+
+impl Handler for AdminRouter {
+    async fn handle(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        self.dispatch(req)
+            .await
+            .unwrap_or_else(ProxyError::into_response)
+    }
+}
+
+/// Compares without an early exit so that response timing does not reveal
+/// how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

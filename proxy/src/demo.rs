@@ -1,0 +1,114 @@
+//! `profile-edge demo`: the simulated Officer and Posts API from `sim`, the
+//! proxy in front of them with `config/demo.toml` (compiled in, so the demo
+//! needs no files), and a printed list of curl commands to try.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::sim::{self, SimConfig, SimOrigin};
+
+/// The demo's config; upstream URLs and listen addresses are filled in at start.
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub users: usize,
+    pub latency: Duration,
+}
+
+/// A running demo: the simulator and the proxy.
+pub struct Demo {
+    pub sim: SimOrigin,
+    pub app: App,
+    users: usize,
+}
+
+impl Demo {
+    pub async fn start(opts: &DemoOptions) -> anyhow::Result<Demo> {
+        let sim = SimOrigin::start(SimConfig {
+            users: opts.users,
+            latency: opts.latency,
+            ..SimConfig::default()
+        })
+        .await
+        .context("starting the simulated Officer and Posts API")?;
+        let mut config = Config::parse(DEMO_CONFIG, "config/demo.toml")
+            .context("the built-in demo config is invalid")?;
+        config.server.listen = opts.listen;
+        config.admin.listen = opts.admin;
+        for (name, url) in [("officer", sim.officer_url()), ("posts", sim.posts_url())] {
+            if let Some(up) = config.upstreams.get_mut(name) {
+                up.url = url;
+            }
+        }
+        let app = App::start(config).await.context("starting the proxy")?;
+        Ok(Demo {
+            sim,
+            app,
+            users: opts.users,
+        })
+    }
+
+    /// The curl commands a newcomer can paste, first one first.
+    pub fn curl_commands(&self) -> Vec<(String, &'static str)> {
+        let p = self.app.main_addr();
+        let a = self.app.admin_addr();
+        let u1 = sim::user_id(1);
+        let batch: Vec<String> = (1..=5).map(sim::user_id).collect();
+        vec![
+            (
+                format!("curl -i http://{p}/api/users/{u1}"),
+                "a profile through the proxy",
+            ),
+            (
+                format!("curl -i http://{p}/api/users/{u1}/followers"),
+                "any other Officer route passes through",
+            ),
+            (
+                format!(
+                    "curl -i -X POST http://{p}/api/users/batch -H 'content-type: application/json' -d '{{\"ids\": {}}}'",
+                    serde_json::to_string(&batch).unwrap_or_default()
+                ),
+                "a batch lookup",
+            ),
+            (
+                format!("curl -i http://{p}/api/users/not-an-id!"),
+                "a bad id",
+            ),
+            (format!("curl -s http://{a}/metrics | grep ^profile_edge_"), "metrics"),
+            (format!("curl -s http://{a}/readyz"), "readiness"),
+        ]
+    }
+
+    pub fn print_banner(&self) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "profile-edge demo is running");
+        let _ = writeln!(out, "  proxy    http://{}", self.app.main_addr());
+        let _ = writeln!(out, "  admin    http://{}", self.app.admin_addr());
+        let _ = writeln!(
+            out,
+            "  origins  Officer {} and Posts {} (simulated, {} users)",
+            self.sim.officer_url(),
+            self.sim.posts_url(),
+            self.users
+        );
+        let _ = writeln!(out, "\nTry:");
+        for (cmd, what) in self.curl_commands() {
+            let _ = writeln!(out, "  {cmd}\n      # {what}");
+        }
+        let _ = writeln!(out, "\nCtrl-C stops the demo.");
+        let _ = out.flush();
+    }
+
+    pub async fn shutdown(self) {
+        self.app.shutdown().await;
+        self.sim.shutdown().await;
+    }
+}

@@ -1,0 +1,28 @@
+//! profile-edge: an edge cache proxy for the Officer user-profile API.
+//!
+//! A request enters through `server` (listeners, limits), is routed by
+//! `router` (profile lookup, batch, enrich, or `passthrough`), and leaves
+//! through `upstream`. `state` holds the live config that `reload` swaps;
+//! `admin` serves health, metrics and operations on a second listener.
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod headers;
+pub mod logging;
+pub mod metrics;
+pub mod passthrough;
+pub mod reload;
+pub mod router;
+pub mod server;
+pub mod sim;
+pub mod state;
+pub mod tls;
+pub mod units;
+pub mod upstream;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,149 @@
+//! The `profile-edge` command line (SPEC section 2): run, check, demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use profile_edge::demo::{Demo, DemoOptions};
+use profile_edge::{app, logging, tls, App, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "profile-edge",
+    version,
+    about = "Edge cache proxy for the Officer user-profile API"
+)]
+struct Cli {
+    /// The config file (TOML).
+    #[arg(long, global = true, default_value = "config/profile-edge.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file and everything it names; exit 1 with one
+    /// line per problem.
+    Check,
+    /// Run a simulated Officer and Posts API with the proxy in front.
+    Demo {
+        /// Address of the demo proxy.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the demo admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// Synthetic users in the simulated Officer.
+        #[arg(long, default_value_t = 5000)]
+        users: usize,
+        /// Latency the simulated origins add to every call.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        latency: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tls::install_default_provider();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        None => run(cli.config),
+        Some(Command::Demo {
+            listen,
+            admin,
+            users,
+            latency,
+        }) => demo(DemoOptions {
+            listen,
+            admin,
+            users,
+            latency,
+        }),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let file = path.display().to_string();
+    let result =
+        Config::load(path).and_then(|c| profile_edge::state::Runtime::build(c, &file).map(|_| ()));
+    match result {
+        Ok(()) => {
+            println!("{file}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(&config.log);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let app = match App::start_from_file(&path).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        app::shutdown_signal().await;
+        // A second signal during the drain stops at once.
+        tokio::select! {
+            _ = app.shutdown() => ExitCode::SUCCESS,
+            _ = app::shutdown_signal() => {
+                tracing::warn!("second signal: exiting without waiting for the drain");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn demo(opts: DemoOptions) -> ExitCode {
+    logging::init(&Default::default());
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let demo = match Demo::start(&opts).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("demo failed to start: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        demo.print_banner();
+        app::shutdown_signal().await;
+        demo.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,72 @@
+//! Passthrough: a request no cache route claims goes to its upstream as it
+//! came, minus hop-by-hop headers, plus X-Forwarded-*. Bodies stream both
+//! ways; nothing here buffers a whole body.
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::server::ConnInfo;
+use crate::upstream::Upstream;
+
+/// Forwards `req` to `upstream` and returns the upstream's answer, status
+/// and headers as they are (5xx included). `kind` labels the origin metric.
+pub async fn forward(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    upstream: &Upstream,
+    metrics: &Metrics,
+    kind: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.tls,
+        host.as_deref(),
+    );
+    parts.uri = upstream.uri_for(&target)?;
+    // The upstream connection picks its own protocol (ALPN or h2c); hyper's
+    // client wants HTTP/1.1 on the request and upgrades it for h2 itself.
+    parts.version = Version::HTTP_11;
+
+    let out = Request::from_parts(parts, body::stream(body));
+    let resp = match upstream.send(out).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let status = if matches!(e, ProxyError::GatewayTimeout { .. }) {
+                "timeout"
+            } else {
+                "error"
+            };
+            metrics
+                .origin_requests
+                .with_label_values(&[kind, status])
+                .inc();
+            return Err(e);
+        }
+    };
+    metrics
+        .origin_requests
+        .with_label_values(&[kind, resp.status().as_str()])
+        .inc();
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::default();
+    Ok(Response::from_parts(parts, body::stream(body)))
+}

@@ -1,0 +1,204 @@
+//! Config hot reload: a notify watcher on the config file's directory (so
+//! that editors' atomic renames and Kubernetes' ConfigMap symlink swaps are
+//! seen), a short debounce, then parse + validate + build and an atomic
+//! publish. An invalid file is logged and counted and the running config
+//! stays. `/admin/reload` goes through the same `reload_config`.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ConfigError, Problem};
+use crate::state::{Runtime, State};
+
+/// Quiet time after the last file event before the file is read: editors
+/// and ConfigMap updates touch several paths in a burst.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// A new config is in force; the listed keys changed but only take
+    /// effect after a restart.
+    Applied { needs_restart: Vec<String> },
+    /// The file has the content last tried; nothing was done.
+    Unchanged,
+}
+
+/// Reads the config file and, if it changed (or `force`), publishes it.
+pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, ConfigError> {
+    let Some(path) = state.config_path.clone() else {
+        return Err(ConfigError {
+            file: "(in-memory config)".into(),
+            problems: vec![Problem::new(
+                "(file)",
+                "this instance was not started from a file",
+            )],
+        });
+    };
+    let mut last = state.reload_guard.lock().await;
+    let file = path.display().to_string();
+    let read_path = path.clone();
+    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(read_path))
+        .await
+        .map_err(|e| one_problem(&file, format!("reload task failed: {e}")))?
+        .map_err(|e| one_problem(&file, format!("cannot read: {e}")));
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            state.metrics.reload("config", false);
+            return Err(e);
+        }
+    };
+    let hash = content_hash(&text);
+    if !force && *last == Some(hash) {
+        return Ok(ReloadOutcome::Unchanged);
+    }
+    *last = Some(hash);
+
+    let parse_file = file.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        Config::parse(&text, &parse_file).and_then(|c| Runtime::build(c, &parse_file))
+    })
+    .await
+    .map_err(|e| one_problem(&file, format!("reload task failed: {e}")))
+    .and_then(|r| r);
+    let runtime = match built {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.reload("config", false);
+            return Err(e);
+        }
+    };
+    let needs_restart = restart_keys(&state.runtime().config, &runtime.config);
+    state.publish(runtime);
+    state.metrics.reload("config", true);
+    Ok(ReloadOutcome::Applied { needs_restart })
+}
+
+/// Logs the outcome of a reload the way operators need to see it.
+pub fn log_outcome(result: &Result<ReloadOutcome, ConfigError>, trigger: &str) {
+    match result {
+        Ok(ReloadOutcome::Applied { needs_restart }) => {
+            tracing::info!(trigger, "config reloaded");
+            for key in needs_restart {
+                tracing::warn!(trigger, key = %key, "changed key takes effect only after a restart");
+            }
+        }
+        Ok(ReloadOutcome::Unchanged) => {
+            tracing::debug!(trigger, "config file unchanged");
+        }
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!(trigger, file = %e.file, key = %p.key, reason = %p.reason,
+                    "config rejected; the running config stays");
+            }
+        }
+    }
+}
+
+/// Keys bound at start-up (sockets, the connection semaphore).
+fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    if old.server.listen != new.server.listen {
+        keys.push("server.listen".into());
+    }
+    let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen);
+    let tls_on = |c: &Config| c.server.tls.is_some();
+    if tls_on(old) != tls_on(new) || tls_listen(old) != tls_listen(new) {
+        keys.push("server.tls".into());
+    }
+    if old.server.max_connections != new.server.max_connections {
+        keys.push("server.max_connections".into());
+    }
+    if old.admin.listen != new.admin.listen {
+        keys.push("admin.listen".into());
+    }
+    keys
+}
+
+fn one_problem(file: &str, reason: String) -> ConfigError {
+    ConfigError {
+        file: file.to_string(),
+        problems: vec![Problem::new("(file)", reason)],
+    }
+}
+
+fn content_hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Remembers the content of the file the process started with, so that the
+/// first event after start does not count as a change.
+pub async fn remember_initial(state: &State, text: &str) {
+    *state.reload_guard.lock().await = Some(content_hash(text));
+}
+
+/// Starts watching the config file's directory; reloads run on the tokio
+/// runtime. Keep the returned watcher alive for as long as reloads should
+/// happen.
+pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatcher> {
+    let dir = watch_dir(path);
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        match event {
+            // A full channel already holds a wake-up; dropping this one is fine.
+            Ok(e) if !e.kind.is_access() => {
+                let _ = tx.try_send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "config watcher error"),
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(dir = %dir.display(), "watching config directory");
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let result = reload_config(&state, false).await;
+            log_outcome(&result, "file");
+        }
+    });
+    Ok(watcher)
+}
+
+/// The directory to watch: the file's parent, `.` for a bare file name.
+fn watch_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_file_name_watches_working_directory() {
+        assert_eq!(watch_dir(Path::new("edge.toml")), PathBuf::from("."));
+        assert_eq!(
+            watch_dir(Path::new("config/edge.toml")),
+            PathBuf::from("config")
+        );
+    }
+
+    #[test]
+    fn listen_changes_need_restart() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:1".parse().expect("addr");
+        new.admin.listen = "127.0.0.1:2".parse().expect("addr");
+        assert_eq!(
+            restart_keys(&old, &new),
+            vec!["server.listen", "admin.listen"]
+        );
+        assert!(restart_keys(&old, &old.clone()).is_empty());
+    }
+}

@@ -1,0 +1,123 @@
+//! The state every request reads: the live `Runtime` (config plus what is
+//! built from it: upstream clients, TLS config) behind an `ArcSwap`, so a
+//! reload publishes a new one atomically while requests in flight finish on
+//! the one they loaded; plus the process-wide metrics and readiness.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, Problem, OFFICER};
+use crate::metrics::Metrics;
+use crate::server::ConnLimits;
+use crate::tls;
+use crate::upstream::Upstream;
+
+/// Everything derived from one config file, built before it is published.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub officer: Arc<Upstream>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub admin_token: Option<String>,
+}
+
+impl Runtime {
+    /// Builds clients and TLS from a validated config; what fails here
+    /// (unreadable certificate, bad CA bundle) is reported by key like a
+    /// validation problem.
+    pub fn build(config: Config, file: &str) -> Result<Runtime, ConfigError> {
+        let mut problems = Vec::new();
+        let mut upstreams = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            match Upstream::build(name, cfg) {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), u);
+                }
+                Err(e) => problems.push(Problem::new(e.key, e.reason)),
+            }
+        }
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => match tls::server_config(&t.cert, &t.key, config.server.http2) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    problems.push(Problem::new("server.tls", e.to_string()));
+                    None
+                }
+            },
+        };
+        let officer = upstreams.get(OFFICER).cloned();
+        match officer {
+            Some(officer) if problems.is_empty() => Ok(Runtime {
+                admin_token: config.admin.resolved_token(),
+                config: Arc::new(config),
+                upstreams,
+                officer,
+                tls,
+            }),
+            _ => {
+                if problems.is_empty() {
+                    problems.push(Problem::new("upstreams.officer", "is required"));
+                }
+                Err(ConfigError {
+                    file: file.to_string(),
+                    problems,
+                })
+            }
+        }
+    }
+
+    pub fn conn_limits(&self) -> ConnLimits {
+        let s = &self.config.server;
+        ConnLimits {
+            header_read_timeout: s.header_read_timeout.get(),
+            max_header_size: s.max_header_size.as_usize(),
+            http2: s.http2,
+            max_concurrent_streams: s.max_concurrent_streams,
+        }
+    }
+}
+
+pub struct State {
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    /// The file reloads read; `None` when the config was given in memory.
+    pub config_path: Option<PathBuf>,
+    /// Serializes reloads and remembers the last file content tried, so an
+    /// unchanged file (a touch, a chmod) is not parsed and counted again.
+    pub(crate) reload_guard: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl State {
+    pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> State {
+        State {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(false),
+            config_path,
+            reload_guard: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The runtime in force now; hold it for the whole request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub(crate) fn publish(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}

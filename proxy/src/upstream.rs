@@ -1,0 +1,146 @@
+//! One pooled hyper client per configured upstream (Officer, Posts, ...).
+//! Sits at the bottom of every request path: passthrough, profile loads and
+//! enrichment all leave the proxy through `Upstream::send`, which applies the
+//! upstream's timeout and turns transport failures into 502/504 errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::{parse_base_url, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::tls;
+
+/// Why an upstream client could not be built, tied to its config key.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct UpstreamBuildError {
+    pub key: String,
+    pub reason: String,
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A configured upstream: where it is, how long it may take, and a pool of
+/// keep-alive connections to it.
+pub struct Upstream {
+    pub name: String,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    timeout: Duration,
+    client: HttpsClient,
+}
+
+impl Upstream {
+    pub fn build(name: &str, cfg: &UpstreamConfig) -> Result<Arc<Upstream>, UpstreamBuildError> {
+        let err = |k: &str, reason: String| UpstreamBuildError {
+            key: format!("upstreams.{name}.{k}"),
+            reason,
+        };
+        let (scheme, authority, base_path) =
+            parse_base_url(&cfg.url).map_err(|reason| err("url", reason))?;
+        let tls_config = tls::client_config(cfg.ca_file.as_deref())
+            .map_err(|e| err("ca_file", e.to_string()))?;
+
+        let mut http = HttpConnector::new();
+        // The https connector below decides the scheme; this one just dials.
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout.get()));
+        http.set_nodelay(true);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.get())
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(cfg.h2c)
+            .build(connector);
+
+        Ok(Arc::new(Upstream {
+            name: name.to_string(),
+            scheme,
+            authority,
+            base_path,
+            timeout: cfg.timeout.get(),
+            client,
+        }))
+    }
+
+    /// The upstream URI for a request path and query, under the base path.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        let joined = format!("{}{}", self.base_path, path_and_query);
+        let pq: PathAndQuery = joined.parse().map_err(|e| {
+            ProxyError::BadRequest(format!("request target {path_and_query:?}: {e}"))
+        })?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::Internal(format!("building upstream URI: {e}")))
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends a request whose URI was made by `uri_for`; waits at most the
+    /// upstream's timeout for the response head. The body then streams.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.transport_error(&e)),
+            Err(_) => Err(ProxyError::GatewayTimeout {
+                upstream: self.name.clone(),
+                timeout: humantime::format_duration(self.timeout).to_string(),
+            }),
+        }
+    }
+
+    fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let what = if e.is_connect() {
+            "connect failed"
+        } else {
+            "request failed"
+        };
+        ProxyError::BadGateway {
+            upstream: self.name.clone(),
+            detail: format!("{what}: {}", error_chain(e)),
+        }
+    }
+}
+
+/// An error and its sources on one line; hyper's top-level messages alone
+/// ("client error (Connect)") do not tell an operator what went wrong.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
