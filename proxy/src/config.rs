@@ -437,14 +437,14 @@ impl Config {
         if let Some(tls) = &s.tls {
             file_must_exist(&mut out, "server.tls.cert", &tls.cert);
             file_must_exist(&mut out, "server.tls.key", &tls.key);
-            if tls.listen.is_some_and(|a| a == s.listen) {
+            if tls.listen.is_some_and(|a| same_socket(a, s.listen)) {
                 out.push(Problem::new(
                     "server.tls.listen",
                     "must differ from server.listen (leave it out to serve TLS on server.listen)",
                 ));
             }
         }
-        if self.admin.listen == s.listen {
+        if same_socket(self.admin.listen, s.listen) {
             out.push(Problem::new(
                 "admin.listen",
                 "must differ from server.listen",
@@ -626,6 +626,11 @@ fn file_must_exist(out: &mut Vec<Problem>, key: &str, path: &Path) {
         )),
         Err(e) => out.push(Problem::new(key, format!("{}: {e}", path.display()))),
     }
+}
+
+/// Two listen addresses that would collide; port 0 (any free port) never does.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a == b && a.port() != 0
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

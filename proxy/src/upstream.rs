@@ -117,6 +117,14 @@ impl Upstream {
     }
 
     fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        if client_body_failed(e) {
+            // The client's own body broke off or was malformed mid-stream:
+            // its fault, not the upstream's.
+            return ProxyError::BadRequest(format!(
+                "reading the request body failed: {}",
+                error_chain(e)
+            ));
+        }
         let what = if e.is_connect() {
             "connect failed"
         } else {
@@ -127,6 +135,20 @@ impl Upstream {
             detail: format!("{what}: {}", error_chain(e)),
         }
     }
+}
+
+/// Whether a client error was caused by the request body we were streaming.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_user() || h.is_body_write_aborted() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// An error and its sources on one line; hyper's top-level messages alone

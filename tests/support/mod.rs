@@ -1,0 +1,354 @@
+//! Shared test harness: real origins (small hyper servers that record and
+//! count what reaches them), the real proxy (in-process from the library, or
+//! the built binary), and an HTTP client. Nothing here mocks the proxy.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use profile_edge::{App, Config};
+use tokio::net::TcpListener;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What an origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+/// A test origin: answers by path, records every request, counts calls.
+///
+/// - `/status/{code}`: that status, header `x-origin-header: kept`, body `status {code}`
+/// - `/slow/{ms}`: sleeps, then 200 `slow`
+/// - `/echo`: streams the request body straight back (full duplex)
+/// - `/bytes/{n}`: n bytes of a known pattern, streamed in 64 KiB chunks
+/// - anything else: 200 with body `{name} {method} {uri}`
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub calls: Arc<AtomicU64>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(name: &'static str) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve(name, listener, None).await
+    }
+
+    /// Serves over TLS with the given rustls config.
+    pub async fn start_tls(name: &'static str, tls: Arc<rustls::ServerConfig>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Origin::serve(name, listener, Some(tls)).await
+    }
+
+    async fn serve(
+        name: &'static str,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Origin {
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (calls.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (c, s, tls) = (c.clone(), s.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req| origin_handler(name, req, c.clone(), s.clone()));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Origin {
+            addr,
+            name,
+            calls,
+            seen,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("origin saw no request")
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// The pattern `/bytes/{n}` serves: byte i is `i % 251`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+async fn origin_handler(
+    name: &'static str,
+    req: Request<Incoming>,
+    calls: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, Infallible> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let head = parts.next().unwrap_or("");
+    let arg = parts.next().unwrap_or("");
+    let resp = match head {
+        "status" => {
+            let code: u16 = arg.parse().unwrap_or(200);
+            Response::builder()
+                .status(code)
+                .header("x-origin-header", "kept")
+                .header("x-origin-name", name)
+                .body(full(format!("status {code}")))
+                .unwrap()
+        }
+        "slow" => {
+            let ms: u64 = arg.parse().unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::builder()
+                .header("x-origin-name", name)
+                .body(full("slow"))
+                .unwrap()
+        }
+        "echo" => {
+            let body = req.into_body().map_err(Into::into).boxed();
+            Response::builder()
+                .header("x-origin-name", name)
+                .body(body)
+                .unwrap()
+        }
+        "bytes" => {
+            let n: usize = arg.parse().unwrap_or(0);
+            let data = Bytes::from(pattern(n));
+            let chunks: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = (0
+                ..n)
+                .step_by(64 * 1024)
+                .map(|i| Ok(Frame::data(data.slice(i..(i + 64 * 1024).min(n)))))
+                .collect();
+            let stream = futures_util::stream::iter(chunks);
+            Response::builder()
+                .header("x-origin-name", name)
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
+        _ => Response::builder()
+            .header("x-origin-name", name)
+            .header("content-type", "text/plain")
+            .body(full(format!("{name} {} {}", req.method(), req.uri())))
+            .unwrap(),
+    };
+    Ok(resp)
+}
+
+/// A minimal valid config pointing the Officer upstream at `officer`, with
+/// every listener on an ephemeral port. `extra` is appended verbatim.
+pub fn config_text(officer: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [upstreams.officer]\nurl = \"{officer}\"\ntimeout = \"1s\"\nconnect_timeout = \"500ms\"\n\n{extra}"
+    )
+}
+
+/// Starts the real proxy in this process from config text.
+pub async fn start_proxy(text: &str) -> App {
+    init();
+    let config =
+        Config::parse(text, "test.toml").unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    App::start(config).await.unwrap()
+}
+
+/// Starts the real proxy from a config file it will watch for changes.
+pub async fn start_proxy_from_file(path: &Path) -> App {
+    init();
+    App::start_from_file(path).await.unwrap()
+}
+
+fn init() {
+    profile_edge::tls::install_default_provider();
+    profile_edge::logging::init(&profile_edge::config::LogConfig {
+        level: "warn".into(),
+        ..Default::default()
+    });
+}
+
+pub type HttpClient = Client<HttpConnector, TestBody>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends a request and collects the whole answer.
+pub async fn send(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(full(body)).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.expect("reading body").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    send(client, Method::GET, url, &[], Bytes::new()).await
+}
+
+/// Parses a proxy error body and checks it has the SPEC shape.
+pub fn error_json(body: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "error body is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    assert!(v["error"].is_string(), "no error field: {v}");
+    assert!(v["detail"].is_string(), "no detail field: {v}");
+    v
+}
+
+/// Reads one metric sample (exact series text, e.g. `name{a="b"}`) from
+/// the admin listener.
+pub async fn metric(client: &HttpClient, admin: SocketAddr, series: &str) -> f64 {
+    let (_, _, body) = get(client, &format!("http://{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The `profile-edge` binary cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_profile-edge"))
+}
+
+/// The repository root (for config/ and plugins/ paths).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A free loopback port (for the binary, which is told its addresses).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is killed when the test ends, pass or fail.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the binary with a config file and waits until its admin listener
+/// reports ready.
+pub async fn spawn_binary(config: &Path, admin: SocketAddr) -> Proc {
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning profile-edge");
+    let mut proc = Proc(child);
+    let c = client();
+    for _ in 0..200 {
+        if let Some(status) = proc.0.try_wait().unwrap() {
+            panic!("profile-edge exited early with {status}");
+        }
+        let req = Request::get(format!("http://{admin}/readyz"))
+            .body(full(""))
+            .unwrap();
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(200), c.request(req)).await {
+            if r.status() == StatusCode::OK {
+                return proc;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("profile-edge did not become ready at {admin}");
+}
