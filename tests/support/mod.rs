@@ -205,8 +205,13 @@ async fn origin_handler(
 /// A minimal valid config pointing the Officer upstream at `officer`, with
 /// every listener on an ephemeral port. `extra` is appended verbatim.
 pub fn config_text(officer: &str, extra: &str) -> String {
+    config_text_at(officer, "127.0.0.1:0", "127.0.0.1:0", extra)
+}
+
+/// Like `config_text`, with given listen addresses (for the binary).
+pub fn config_text_at(officer: &str, main: &str, admin: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+        "[server]\nlisten = \"{main}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [upstreams.officer]\nurl = \"{officer}\"\ntimeout = \"1s\"\nconnect_timeout = \"500ms\"\n\n{extra}"
     )
 }

@@ -1,0 +1,105 @@
+//! The binary's lifecycle: SIGTERM drains in-flight requests, and
+//! `profile-edge demo` starts on a bare machine with a working first command.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_slow_request_finish() {
+    let origin = Origin::start("officer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let main: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.path().join("edge.toml");
+    let text = config_text_at(&origin.url(), &main.to_string(), &admin.to_string(), "")
+        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+    std::fs::write(&path, text).unwrap();
+    let mut proc = spawn_binary(&path, admin).await;
+
+    let c = client();
+    let url = format!("http://{main}/slow/1500");
+    let in_flight = tokio::spawn(async move { get(&c, &url).await });
+    // Let the request reach the origin before the signal.
+    let start = Instant::now();
+    while origin.calls() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = proc.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "in-flight request was cut off");
+    assert_eq!(&body[..], b"slow");
+
+    // The process then exits by itself, cleanly.
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = proc.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    // And no longer accepts connections.
+    assert!(tokio::net::TcpStream::connect(main).await.is_err());
+}
+
+#[tokio::test]
+async fn demo_starts_and_its_first_curl_command_answers_200() {
+    // Run from an empty directory: the demo must need no files.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .current_dir(dir.path())
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--users",
+            "2000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Proc(child);
+    let first_curl = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.trim().strip_prefix("curl ").map(str::to_string))
+    })
+    .await
+    .unwrap()
+    .expect("the demo printed no curl command");
+    let url = first_curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("no URL in the first curl command")
+        .to_string();
+    let c = client();
+    let (status, _, body) = get(&c, &url).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["id"].is_string(), "{v}");
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command (README "Run the tests"; .ci/run calls exactly this).
+# Does all set-up a fresh machine needs, then checks formatting and lints,
+# builds the plugins, and runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "==> installing redis-server (tests start their own on a free port)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+
+echo "==> wasm targets"
+rustup target add wasm32-wasip2 wasm32-unknown-unknown
+
+echo "==> plugins"
+bash plugins/build.sh
+
+echo "==> cargo fmt"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> tests"
+cargo test --workspace
