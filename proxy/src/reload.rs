@@ -117,6 +117,9 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
     if old.admin.listen != new.admin.listen {
         keys.push("admin.listen".into());
     }
+    if old.log != new.log {
+        keys.push("log".into());
+    }
     keys
 }
 
