@@ -16,6 +16,8 @@ use crate::reload::{self, ReloadOutcome};
 use crate::server::{ConnInfo, Handler};
 use crate::state::State;
 
+const PURGE_PREFIX: &str = "/admin/cache/users/";
+
 pub struct AdminRouter {
     state: Arc<State>,
 }
@@ -79,7 +81,23 @@ impl AdminRouter {
                     }
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload") => Err(
+            (Method::GET, "/admin/stats") => {
+                let mut stats = self.state.profiles.stats();
+                stats["ready"] = json!(self.state.is_ready());
+                Ok(json_response(StatusCode::OK, &stats))
+            }
+            (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {
+                self.authorize(&req)?;
+                let id = &p[PURGE_PREFIX.len()..];
+                if !self.state.profiles.valid_id(id) {
+                    return Err(ProxyError::BadRequest(format!(
+                        "id {id:?} does not match profiles.id_pattern"
+                    )));
+                }
+                self.state.profiles.invalidate(id, "admin").await;
+                Ok(json_response(StatusCode::OK, &json!({"invalidated": id})))
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/stats") => Err(
                 ProxyError::MethodNotAllowed(format!("{} is not allowed on {path}", req.method())),
             ),
             _ => Err(ProxyError::NotFound(format!("no admin endpoint at {path}"))),

@@ -65,7 +65,7 @@ impl App {
         })?;
         let config = Config::parse(&text, &file)?;
         let runtime = Runtime::build(config, &file)?;
-        let state = Arc::new(State::new(runtime, Some(path.to_path_buf())));
+        let state = Arc::new(State::new(runtime, Some(path.to_path_buf()))?);
         reload::remember_initial(&state, &text).await;
         let mut app = App::start_with_state(state.clone()).await?;
         app._watcher = Some(reload::watch(state, path)?);
@@ -76,7 +76,7 @@ impl App {
     /// there is no file to reload.
     pub async fn start(config: Config) -> Result<App, StartError> {
         let runtime = Runtime::build(config, "(in-memory config)")?;
-        App::start_with_state(Arc::new(State::new(runtime, None::<PathBuf>))).await
+        App::start_with_state(Arc::new(State::new(runtime, None::<PathBuf>)?)).await
     }
 
     async fn start_with_state(state: Arc<State>) -> Result<App, StartError> {

@@ -150,6 +150,10 @@ pub struct ProfilesConfig {
     pub max_request_ids: usize,
     /// How long a 404 from the origin is remembered.
     pub negative_ttl: Dur,
+    /// The single-profile route, here and on the Officer; must end in `/{id}`.
+    pub user_path: String,
+    /// The batch route, here and on the Officer.
+    pub batch_path: String,
 }
 
 impl Default for ProfilesConfig {
@@ -158,6 +162,8 @@ impl Default for ProfilesConfig {
             id_pattern: "^[0-9a-fA-F-]{1,64}$".into(),
             max_request_ids: 1000,
             negative_ttl: Dur::secs(30),
+            user_path: "/api/users/{id}".into(),
+            batch_path: "/api/users/batch".into(),
         }
     }
 }
@@ -171,6 +177,12 @@ pub struct CoalescingConfig {
     pub window: Dur,
     /// Batch calls in flight at once; further ids queue for the next batch.
     pub max_inflight_batches: usize,
+    /// Upper bound on how long a batch stays open while misses keep
+    /// arriving less than `window` apart.
+    pub max_wait: Dur,
+    /// Load misses with the Officer's batch route; when false, one single-id
+    /// call per id (still one per id however many requests want it).
+    pub batching: bool,
 }
 
 impl Default for CoalescingConfig {
@@ -179,6 +191,8 @@ impl Default for CoalescingConfig {
             max_batch: 50,
             window: Dur::millis(1),
             max_inflight_batches: 8,
+            max_wait: Dur::millis(10),
+            batching: true,
         }
     }
 }
@@ -196,6 +210,12 @@ pub struct TiersConfig {
 pub struct MemoryTierConfig {
     pub capacity: u64,
     pub ttl: Dur,
+    /// Each entry's TTL is cut by a random share up to this (0 to 0.5), so
+    /// a warm-up does not expire all at once.
+    pub ttl_jitter: f64,
+    /// A hit on an entry past this share of its TTL refreshes it in the
+    /// background, so hot entries never expire under load (1.0 = off).
+    pub eager_refresh: f64,
 }
 
 impl Default for MemoryTierConfig {
@@ -203,6 +223,8 @@ impl Default for MemoryTierConfig {
         MemoryTierConfig {
             capacity: 100_000,
             ttl: Dur::secs(300),
+            ttl_jitter: 0.1,
+            eager_refresh: 0.8,
         }
     }
 }
@@ -216,6 +238,18 @@ pub struct RedisTierConfig {
     pub ttl: Dur,
     #[serde(default = "defaults::redis_prefix")]
     pub key_prefix: String,
+    /// Per-call budget; a slower Redis counts as a failure.
+    #[serde(default = "defaults::redis_timeout")]
+    pub timeout: Dur,
+    /// Budget for (re)opening the connection.
+    #[serde(default = "defaults::redis_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips Redis before one trial call.
+    #[serde(default = "defaults::breaker_cooldown")]
+    pub breaker_cooldown: Dur,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -223,12 +257,16 @@ pub struct RedisTierConfig {
 pub struct FailSafeConfig {
     /// How long past its TTL an entry may still be served when the origin fails.
     pub max_stale: Dur,
+    /// After a failed refresh, the stale value is served this long before
+    /// the origin is tried again for that id.
+    pub throttle: Dur,
 }
 
 impl Default for FailSafeConfig {
     fn default() -> Self {
         FailSafeConfig {
             max_stale: Dur::secs(3600),
+            throttle: Dur::secs(10),
         }
     }
 }
@@ -319,6 +357,18 @@ mod defaults {
     }
     pub fn redis_prefix() -> String {
         "pe:profile:".into()
+    }
+    pub fn redis_timeout() -> Dur {
+        Dur::millis(50)
+    }
+    pub fn redis_connect_timeout() -> Dur {
+        Dur::millis(250)
+    }
+    pub fn breaker_failures() -> u32 {
+        3
+    }
+    pub fn breaker_cooldown() -> Dur {
+        Dur::secs(1)
     }
     pub fn plugin_deadline() -> Dur {
         Dur::millis(10)
@@ -513,14 +563,40 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if c.max_wait.get() < c.window.get() || c.max_wait.get() > std::time::Duration::from_secs(1)
+        {
+            out.push(Problem::new(
+                "coalescing.max_wait",
+                "must be at least coalescing.window and at most 1s",
+            ));
+        }
         if c.window.get() > std::time::Duration::from_secs(1) {
             out.push(Problem::new(
                 "coalescing.window",
                 "must be at most 1s: every cold lookup waits this long",
             ));
         }
-        if self.tiers.memory.ttl.get().is_zero() {
+        let m = &self.tiers.memory;
+        if m.ttl.get().is_zero() {
             out.push(Problem::new("tiers.memory.ttl", "must be more than 0"));
+        }
+        if m.capacity == 0 {
+            out.push(Problem::new("tiers.memory.capacity", "must be at least 1"));
+        }
+        if !(0.0..=0.5).contains(&m.ttl_jitter) {
+            out.push(Problem::new(
+                "tiers.memory.ttl_jitter",
+                "must be between 0 and 0.5",
+            ));
+        }
+        if !(m.eager_refresh > 0.0 && m.eager_refresh <= 1.0) {
+            out.push(Problem::new(
+                "tiers.memory.eager_refresh",
+                "must be more than 0 and at most 1 (1 turns it off)",
+            ));
+        }
+        if self.fail_safe.throttle.get().is_zero() {
+            out.push(Problem::new("fail_safe.throttle", "must be more than 0"));
         }
         if let Some(r) = &self.tiers.redis {
             let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
@@ -532,8 +608,23 @@ impl Config {
                     format!("{:?} must start with redis://, rediss:// or unix://", r.url),
                 ));
             }
+            if let Err(e) = redis::Client::open(r.url.as_str()) {
+                out.push(Problem::new("tiers.redis.url", format!("{:?}: {e}", r.url)));
+            }
             if r.ttl.get().is_zero() {
                 out.push(Problem::new("tiers.redis.ttl", "must be more than 0"));
+            }
+            if r.timeout.get().is_zero() || r.connect_timeout.get().is_zero() {
+                out.push(Problem::new(
+                    "tiers.redis.timeout",
+                    "timeouts must be more than 0",
+                ));
+            }
+            if r.breaker_failures == 0 {
+                out.push(Problem::new(
+                    "tiers.redis.breaker_failures",
+                    "must be at least 1",
+                ));
             }
             if r.key_prefix.is_empty() {
                 out.push(Problem::new(
@@ -590,6 +681,12 @@ impl Config {
         }
         out
     }
+}
+
+/// The part of `profiles.user_path` before `/{id}`, if the path is well formed.
+pub fn user_path_prefix(path: &str) -> Option<&str> {
+    let prefix = path.strip_suffix("/{id}")?;
+    (path.starts_with('/') && !prefix.contains('{')).then_some(prefix)
 }
 
 /// Splits an upstream base URL into scheme, authority and path prefix.

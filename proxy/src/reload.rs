@@ -73,6 +73,16 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             return Err(e);
         }
     };
+    if let Err(p) = state
+        .profiles
+        .reconfigure(&runtime.config, runtime.officer.clone())
+    {
+        state.metrics.reload("config", false);
+        return Err(ConfigError {
+            file,
+            problems: vec![p],
+        });
+    }
     let needs_restart = restart_keys(&state.runtime().config, &runtime.config);
     state.publish(runtime);
     state.metrics.reload("config", true);

@@ -1,12 +1,12 @@
 //! The main listener's request path, top to bottom: limits that apply to
-//! every request, then the route (profile lookup, batch, enrich, or
-//! passthrough to the Officer), then metrics. Every error becomes the JSON
-//! body of SPEC section 4 here.
+//! every request, then the route (profile lookup, batch, or passthrough to
+//! the Officer), then metrics. Every error becomes the JSON body of SPEC
+//! section 4 here.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -14,26 +14,55 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::passthrough;
+use crate::profile_routes;
 use crate::server::{ConnInfo, Handler};
 use crate::state::{Runtime, State};
 
-/// Which part of the product answers a request; also the `route` label of
-/// `profile_edge_request_duration_seconds`.
+/// Which part of the product answers a request; `label()` is the `route`
+/// label of `profile_edge_request_duration_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    Profile,
+    Batch,
     Passthrough,
 }
 
 impl Route {
     pub fn label(self) -> &'static str {
+        crate::metrics::ROUTES[self.index()]
+    }
+
+    fn index(self) -> usize {
         match self {
-            Route::Passthrough => "passthrough",
+            Route::Profile => 0,
+            Route::Batch => 1,
+            Route::Passthrough => 3,
         }
     }
 
-    fn classify(_req: &Request<Incoming>, _rt: &Runtime) -> Route {
-        Route::Passthrough
+    /// GET on `{user_path}` without a query is a profile lookup; POST on
+    /// `{batch_path}` is a batch; everything else passes through.
+    fn classify(req: &Request<Incoming>, rt: &Runtime) -> Route {
+        let path = req.uri().path();
+        let batch_path = rt.config.profiles.batch_path.as_str();
+        if req.method() == Method::POST && path == batch_path {
+            Route::Batch
+        } else if req.method() == Method::GET
+            && req.uri().query().is_none()
+            && path != batch_path
+            && profile_id(path, &rt.user_prefix).is_some()
+        {
+            Route::Profile
+        } else {
+            Route::Passthrough
+        }
     }
+}
+
+/// The `{id}` segment of a profile path.
+fn profile_id<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
 }
 
 pub struct MainRouter {
@@ -59,10 +88,18 @@ impl MainRouter {
                 "request headers are {size} bytes; server.max_header_size is {limit}"
             )));
         }
+        let state = &self.state;
         match route {
+            Route::Profile => {
+                let id = profile_id(req.uri().path(), &rt.user_prefix).unwrap_or_default();
+                profile_routes::get_profile(&state.profiles, &state.metrics, id).await
+            }
+            Route::Batch => {
+                let max_body = rt.config.server.max_body_size.as_usize();
+                profile_routes::batch(req, &state.profiles, &state.metrics, max_body).await
+            }
             Route::Passthrough => {
-                passthrough::forward(req, conn, &rt.officer, &self.state.metrics, "passthrough")
-                    .await
+                passthrough::forward(req, conn, &rt.officer, &state.metrics, "passthrough").await
             }
         }
     }
@@ -101,9 +138,21 @@ impl Handler for MainRouter {
         };
         self.state
             .metrics
-            .request_duration
-            .with_label_values(&[route.label()])
-            .observe(started.elapsed().as_secs_f64());
+            .observe_route(route.index(), started.elapsed().as_secs_f64());
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::profile_id;
+
+    #[test]
+    fn profile_id_is_one_segment_under_the_prefix() {
+        assert_eq!(profile_id("/api/users/abc", "/api/users"), Some("abc"));
+        assert_eq!(profile_id("/api/users/abc/followers", "/api/users"), None);
+        assert_eq!(profile_id("/api/users/", "/api/users"), None);
+        assert_eq!(profile_id("/api/usersx/abc", "/api/users"), None);
+        assert_eq!(profile_id("/other/abc", "/api/users"), None);
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Problem, OFFICER};
+use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::server::ConnLimits;
 use crate::tls;
@@ -19,6 +20,8 @@ use crate::upstream::Upstream;
 /// Everything derived from one config file, built before it is published.
 pub struct Runtime {
     pub config: Arc<Config>,
+    /// `profiles.user_path` without its `/{id}`.
+    pub user_prefix: String,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub officer: Arc<Upstream>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -54,6 +57,9 @@ impl Runtime {
         match officer {
             Some(officer) if problems.is_empty() => Ok(Runtime {
                 admin_token: config.admin.resolved_token(),
+                user_prefix: crate::config::user_path_prefix(&config.profiles.user_path)
+                    .unwrap_or("/api/users")
+                    .to_string(),
                 config: Arc::new(config),
                 upstreams,
                 officer,
@@ -84,7 +90,9 @@ impl Runtime {
 
 pub struct State {
     runtime: ArcSwap<Runtime>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Profile lookups: tiers, coalescing, fail-safe. Lives across reloads.
+    pub profiles: Arc<Profiles>,
     ready: AtomicBool,
     /// The file reloads read; `None` when the config was given in memory.
     pub config_path: Option<PathBuf>,
@@ -94,14 +102,27 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> State {
-        State {
+    /// Builds the long-lived services from the first runtime; must run
+    /// inside the tokio runtime.
+    pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> Result<State, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let file = config_path.as_ref().map_or_else(
+            || "(in-memory config)".to_string(),
+            |p| p.display().to_string(),
+        );
+        let profiles = Profiles::new(&runtime.config, runtime.officer.clone(), metrics.clone())
+            .map_err(|p| ConfigError {
+                file,
+                problems: vec![p],
+            })?;
+        Ok(State {
             runtime: ArcSwap::from_pointee(runtime),
-            metrics: Metrics::new(),
+            metrics,
+            profiles,
             ready: AtomicBool::new(false),
             config_path,
             reload_guard: tokio::sync::Mutex::new(None),
-        }
+        })
     }
 
     /// The runtime in force now; hold it for the whole request.

@@ -1,0 +1,224 @@
+//! Profile loads from the Officer origin: the batch route (`POST
+//! {batch_path}` with `{"ids": [...]}`) and the single-id route, used only
+//! when batching is off. Responses are checked before anything is cached: a
+//! profile must be a JSON object whose `id` is the id asked for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::body;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Largest origin answer read for profile loads (50 profiles of a few KiB
+/// fit many times over).
+const MAX_ORIGIN_BODY: usize = 16 * 1024 * 1024;
+
+/// Why a load from the origin failed; shared by every id of a batch.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl LoadError {
+    pub fn into_proxy_error(self) -> ProxyError {
+        match self {
+            LoadError::Timeout(detail) => ProxyError::GatewayTimeout {
+                upstream: "officer".into(),
+                timeout: detail,
+            },
+            LoadError::Failed(detail) => ProxyError::BadGateway {
+                upstream: "officer".into(),
+                detail,
+            },
+        }
+    }
+
+    fn from_proxy(e: ProxyError) -> LoadError {
+        match e {
+            ProxyError::GatewayTimeout { timeout, .. } => LoadError::Timeout(timeout),
+            other => LoadError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Where loads go; swapped on config reload.
+pub struct OriginTarget {
+    pub upstream: Arc<Upstream>,
+    pub user_prefix: String,
+    pub batch_path: String,
+}
+
+pub struct Origin {
+    target: ArcSwap<OriginTarget>,
+    metrics: Arc<Metrics>,
+    single: AtomicU64,
+    batch: AtomicU64,
+    batch_ids: AtomicU64,
+}
+
+/// Origin calls made so far, for `/admin/stats`.
+pub struct OriginCalls {
+    pub single: u64,
+    pub batch: u64,
+    pub batch_ids: u64,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer<'a> {
+    #[serde(borrow)]
+    users: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+impl Origin {
+    pub fn new(target: OriginTarget, metrics: Arc<Metrics>) -> Origin {
+        Origin {
+            target: ArcSwap::from_pointee(target),
+            metrics,
+            single: AtomicU64::new(0),
+            batch: AtomicU64::new(0),
+            batch_ids: AtomicU64::new(0),
+        }
+    }
+
+    pub fn calls(&self) -> OriginCalls {
+        OriginCalls {
+            single: self.single.load(Ordering::Relaxed),
+            batch: self.batch.load(Ordering::Relaxed),
+            batch_ids: self.batch_ids.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn retarget(&self, target: OriginTarget) {
+        self.target.store(Arc::new(target));
+    }
+
+    /// One batch call; the map holds the profiles the origin knows (unknown
+    /// ids are simply absent, as the Officer contract says).
+    pub async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError> {
+        let t = self.target.load_full();
+        self.metrics.origin_batch_size.observe(ids.len() as f64);
+        self.batch.fetch_add(1, Ordering::Relaxed);
+        self.batch_ids
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let payload = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
+            .map_err(|e| LoadError::Failed(format!("encoding batch request: {e}")))?;
+        let result = self
+            .call(&t, Method::POST, &t.batch_path, Some(payload))
+            .await;
+        let (status, bytes) = self.count("batch", result)?;
+        if status != StatusCode::OK {
+            return Err(LoadError::Failed(format!("batch call answered {status}")));
+        }
+        let answer: BatchAnswer = serde_json::from_slice(&bytes).map_err(|e| {
+            LoadError::Failed(format!("batch answer is not {{\"users\": [...]}}: {e}"))
+        })?;
+        let mut out = HashMap::with_capacity(answer.users.len());
+        for raw in answer.users {
+            match serde_json::from_str::<IdOnly>(raw.get()) {
+                Ok(p) => {
+                    out.insert(p.id, Bytes::copy_from_slice(raw.get().as_bytes()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "origin batch answer holds a user without an id; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One single-id call: `Some(profile)`, `None` for 404.
+    pub async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
+        let t = self.target.load_full();
+        let path = format!("{}/{id}", t.user_prefix);
+        self.single.fetch_add(1, Ordering::Relaxed);
+        let result = self.call(&t, Method::GET, &path, None).await;
+        let (status, bytes) = self.count("single", result)?;
+        match status {
+            StatusCode::OK => match serde_json::from_slice::<IdOnly>(&bytes) {
+                Ok(p) if p.id == id => Ok(Some(bytes)),
+                Ok(p) => Err(LoadError::Failed(format!(
+                    "asked for {id}, origin answered {}",
+                    p.id
+                ))),
+                Err(e) => Err(LoadError::Failed(format!(
+                    "profile is not a JSON object with an id: {e}"
+                ))),
+            },
+            StatusCode::NOT_FOUND => Ok(None),
+            other => Err(LoadError::Failed(format!("single call answered {other}"))),
+        }
+    }
+
+    fn count(
+        &self,
+        kind: &str,
+        result: Result<(StatusCode, Bytes), LoadError>,
+    ) -> Result<(StatusCode, Bytes), LoadError> {
+        let status = match &result {
+            Ok((s, _)) => s.as_str().to_string(),
+            Err(LoadError::Timeout(_)) => "timeout".into(),
+            Err(LoadError::Failed(_)) => "error".into(),
+        };
+        self.metrics
+            .origin_requests
+            .with_label_values(&[kind, &status])
+            .inc();
+        result
+    }
+
+    /// Sends a request and reads the whole answer, all within the upstream's timeout.
+    async fn call(
+        &self,
+        t: &OriginTarget,
+        method: Method,
+        path: &str,
+        payload: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), LoadError> {
+        let uri = t.upstream.uri_for(path).map_err(LoadError::from_proxy)?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::ACCEPT, "application/json");
+        if payload.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(payload.map_or_else(body::empty, body::full))
+            .map_err(|e| LoadError::Failed(format!("building origin request: {e}")))?;
+        let timeout = t.upstream.timeout();
+        let whole = async {
+            let resp = t.upstream.send(req).await.map_err(LoadError::from_proxy)?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ORIGIN_BODY)
+                .collect()
+                .await
+                .map_err(|e| LoadError::Failed(format!("reading origin answer: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        match tokio::time::timeout(timeout, whole).await {
+            Ok(r) => r,
+            Err(_) => Err(LoadError::Timeout(
+                humantime::format_duration(timeout).to_string(),
+            )),
+        }
+    }
+}

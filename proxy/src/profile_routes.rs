@@ -1,0 +1,222 @@
+//! The profile routes of the main listener (SPEC section 4): `GET
+//! {user_path}` and `POST {batch_path}`, answered from the tiers with
+//! `x-cache` and `x-cache-tier` headers. Ids are checked before anything
+//! else happens, so a bad id never reaches a tier or the origin.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::body::{full, json_response, Body};
+use crate::error::ProxyError;
+use crate::lookup::{Loaded, Profiles};
+use crate::metrics::Metrics;
+use crate::tier::TierKind;
+
+static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+static X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cache-tier");
+
+/// `GET /api/users/{id}`.
+pub async fn get_profile(
+    profiles: &Arc<Profiles>,
+    metrics: &Metrics,
+    id: &str,
+) -> Result<Response<Body>, ProxyError> {
+    check_id(profiles, id)?;
+    let loaded = profiles.get(id).await.map_err(|e| e.into_proxy_error())?;
+    if loaded.stale {
+        metrics.stale_served.inc();
+    }
+    let mut resp = match &loaded.entry.body {
+        Some(body) => {
+            let mut r = Response::new(full(body.clone()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "detail": format!("no user with id {id}")}),
+        ),
+    };
+    set_cache_headers(&mut resp, cache_label(&loaded), loaded.tier);
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    ids: Vec<String>,
+}
+
+/// `POST /api/users/batch`: `{"ids": [...]}` -> `{"users": [...]}`; each
+/// known id once, in the order asked, unknown ids absent.
+pub async fn batch(
+    req: Request<Incoming>,
+    profiles: &Arc<Profiles>,
+    metrics: &Metrics,
+    max_body: usize,
+) -> Result<Response<Body>, ProxyError> {
+    let bytes = read_limited(req, max_body).await?;
+    let parsed: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
+    })?;
+    let mut seen = HashSet::with_capacity(parsed.ids.len());
+    let ids: Vec<String> = parsed
+        .ids
+        .into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect();
+    let max = profiles.max_request_ids();
+    if ids.len() > max {
+        return Err(ProxyError::PayloadTooLarge(format!(
+            "{} distinct ids asked; profiles.max_request_ids is {max}",
+            ids.len()
+        )));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        check_id(profiles, id).map_err(|_| {
+            ProxyError::BadRequest(format!(
+                "ids[{i}] = {id:?} does not match profiles.id_pattern"
+            ))
+        })?;
+    }
+
+    let results = profiles.get_many(&ids).await;
+    let mut failed = 0;
+    let mut first_error = None;
+    let mut label = "hit";
+    let mut deepest = TierKind::Memory;
+    let mut out = BytesMut::with_capacity(64 + results.len() * 400);
+    out.put_slice(b"{\"users\":[");
+    let mut n = 0;
+    for r in results {
+        match r {
+            Ok(loaded) => {
+                if loaded.stale {
+                    metrics.stale_served.inc();
+                }
+                label = worse(label, cache_label(&loaded));
+                if (loaded.tier as usize) > (deepest as usize) {
+                    deepest = loaded.tier;
+                }
+                if let Some(body) = &loaded.entry.body {
+                    if n > 0 {
+                        out.put_u8(b',');
+                    }
+                    out.put_slice(body);
+                    n += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Absent means "unknown" in this contract, so an id that could not
+        // be loaded must not be silently left out.
+        let e = e.into_proxy_error();
+        return Err(match e {
+            ProxyError::BadGateway { upstream, detail } => ProxyError::BadGateway {
+                upstream,
+                detail: format!(
+                    "{failed} of {} ids could not be loaded: {detail}",
+                    ids.len()
+                ),
+            },
+            other => other,
+        });
+    }
+    out.put_slice(b"]}");
+    let mut resp = Response::new(full(out.freeze()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    set_cache_headers(&mut resp, label, deepest);
+    Ok(resp)
+}
+
+fn check_id(profiles: &Profiles, id: &str) -> Result<(), ProxyError> {
+    if profiles.valid_id(id) {
+        Ok(())
+    } else {
+        Err(ProxyError::BadRequest(format!(
+            "id {id:?} does not match profiles.id_pattern"
+        )))
+    }
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes with 413.
+pub async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(limit));
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large(limit))
+        }
+        Err(e) => Err(ProxyError::BadRequest(format!(
+            "reading the request body failed: {e}"
+        ))),
+    }
+}
+
+fn too_large(limit: usize) -> ProxyError {
+    ProxyError::PayloadTooLarge(format!(
+        "request body is over server.max_body_size ({limit} bytes)"
+    ))
+}
+
+fn cache_label(l: &Loaded) -> &'static str {
+    if l.stale {
+        "stale"
+    } else if l.tier == TierKind::Origin {
+        "miss"
+    } else {
+        "hit"
+    }
+}
+
+/// For a batch: stale beats miss beats hit.
+fn worse(a: &'static str, b: &'static str) -> &'static str {
+    let rank = |s: &str| match s {
+        "stale" => 2,
+        "miss" => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn set_cache_headers(resp: &mut Response<Body>, label: &'static str, tier: TierKind) {
+    let h = resp.headers_mut();
+    h.insert(X_CACHE.clone(), HeaderValue::from_static(label));
+    h.insert(
+        X_CACHE_TIER.clone(),
+        HeaderValue::from_static(tier.as_str()),
+    );
+}

@@ -1,0 +1,145 @@
+//! Cache tiers below the request path: a batch-first `Tier` interface that
+//! memory, Redis (and the MongoDB snapshot tier) implement, and the `Entry`
+//! they store. `lookup` reads them top to bottom and fills upper tiers on
+//! the way back.
+
+pub mod breaker;
+pub mod codec;
+pub mod memory;
+pub mod redis;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// Where a value came from; also the `tier` metric label and `x-cache-tier`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TierKind {
+    Memory,
+    Redis,
+    Mongo,
+    Origin,
+}
+
+impl TierKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierKind::Memory => "memory",
+            TierKind::Redis => "redis",
+            TierKind::Mongo => "mongo",
+            TierKind::Origin => "origin",
+        }
+    }
+}
+
+/// A cached lookup result: a profile, or a remembered 404. Times are Unix
+/// milliseconds so that entries written by one instance mean the same to
+/// another that reads them from a shared tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The profile JSON as the origin sent it; `None` for "not found".
+    pub body: Option<Bytes>,
+    /// When the origin produced this value.
+    pub fetched_at: u64,
+    /// Served as a hit until then.
+    pub fresh_until: u64,
+    /// Kept until then, for the fail-safe.
+    pub stale_until: u64,
+}
+
+impl Entry {
+    /// A value fresh from the origin; each tier restamps it with its own TTL.
+    pub fn from_origin(body: Option<Bytes>, now: u64, fresh_for: Duration) -> Entry {
+        let fresh_until = now.saturating_add(millis(fresh_for));
+        Entry {
+            body,
+            fetched_at: now,
+            fresh_until,
+            stale_until: fresh_until,
+        }
+    }
+
+    pub fn is_fresh(&self, now: u64) -> bool {
+        now < self.fresh_until
+    }
+
+    pub fn is_usable(&self, now: u64) -> bool {
+        now < self.stale_until
+    }
+
+    /// This entry as a tier with `ttl` keeps it: fresh for at most `ttl`
+    /// from now (never fresher than its source says), then stale for
+    /// `max_stale` more.
+    pub fn restamped(&self, now: u64, ttl: Duration, max_stale: Duration) -> Entry {
+        let fresh_until = self.fresh_until.min(now.saturating_add(millis(ttl)));
+        Entry {
+            body: self.body.clone(),
+            fetched_at: self.fetched_at,
+            fresh_until,
+            stale_until: fresh_until.saturating_add(millis(max_stale)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("{tier} tier is skipped: circuit breaker open after repeated failures")]
+    Open { tier: &'static str },
+    #[error("{tier} tier did not answer within {timeout:?}")]
+    Timeout {
+        tier: &'static str,
+        timeout: Duration,
+    },
+    #[error("{tier} tier failed: {detail}")]
+    Failed { tier: &'static str, detail: String },
+}
+
+/// A cache tier. Calls are batch-first: one round trip for many ids.
+/// Implementations bound their own latency (timeouts, circuit breakers) so
+/// that a sick tier costs a request milliseconds, and treat undecodable
+/// values as absent.
+#[async_trait::async_trait]
+pub trait Tier: Send + Sync {
+    fn kind(&self) -> TierKind;
+
+    /// Usable (fresh or stale) entries for `ids`, in the same order.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError>;
+
+    /// Stores entries, restamped with this tier's TTL.
+    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<(), TierError>;
+
+    /// Removes ids (invalidation).
+    async fn remove(&self, ids: &[String]) -> Result<(), TierError>;
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restamp_never_makes_an_entry_fresher_than_its_source() {
+        let e = Entry::from_origin(
+            Some(Bytes::from_static(b"{}")),
+            1_000,
+            Duration::from_secs(3600),
+        );
+        let mem = e.restamped(1_000, Duration::from_secs(300), Duration::from_secs(60));
+        assert_eq!(mem.fresh_until, 301_000);
+        assert_eq!(mem.stale_until, 361_000);
+        // Backfilled from a source that expires sooner than our own TTL.
+        let later = mem.restamped(200_000, Duration::from_secs(300), Duration::from_secs(60));
+        assert_eq!(later.fresh_until, 301_000);
+        assert!(later.is_fresh(300_999) && !later.is_fresh(301_000));
+        assert!(later.is_usable(360_999) && !later.is_usable(361_000));
+    }
+}
