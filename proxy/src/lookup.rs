@@ -9,8 +9,9 @@
 //! - Fail-safe: entries outlive their TTL by `fail_safe.max_stale`; when the
 //!   origin fails, a stale value is served and the id is left alone for
 //!   `fail_safe.throttle` before the origin is tried again.
-//! - Eager refresh: a hit on an entry in the last part of its memory TTL
-//!   reloads it in the background, so hot entries never expire under load.
+//! - Eager refresh: a hit on an entry past `eager_refresh` of its fresh
+//!   life reloads it in the background, so hot entries never expire under
+//!   load.
 //! - Fencing: an invalidation records when it happened; a value fetched
 //!   before that is never written to memory (checked under a per-id stripe
 //!   lock that the invalidation also takes) and is removed again from the
@@ -55,6 +56,28 @@ pub struct Loaded {
 }
 
 type Outcome = Result<Loaded, LoadError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eager_refresh_is_relative_to_each_entry() {
+        let e = |fetched_at, fresh_until| Entry {
+            body: None,
+            fetched_at,
+            fresh_until,
+            stale_until: fresh_until,
+        };
+        // 30 s negative entry, 10 s in: not due at 0.8.
+        assert!(!eager_due(&e(0, 30_000), 10_000, 0.8));
+        assert!(eager_due(&e(0, 30_000), 25_000, 0.8));
+        // 5 min entry: due in its last minute.
+        assert!(!eager_due(&e(0, 300_000), 230_000, 0.8));
+        assert!(eager_due(&e(0, 300_000), 250_000, 0.8));
+        assert!(!eager_due(&e(0, 300_000), 299_999, 1.0), "1.0 turns it off");
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -108,8 +131,8 @@ struct Core {
     max_request_ids: usize,
     negative_ttl: Duration,
     throttle_ms: u64,
-    /// A hit with less freshness left than this triggers an eager refresh.
-    eager_window_ms: u64,
+    /// Share of an entry's fresh life after which a hit refreshes it.
+    eager_refresh: f64,
     memory_cfg: MemoryTierConfig,
     redis_cfg: Option<RedisTierConfig>,
     max_stale: Duration,
@@ -218,7 +241,7 @@ impl Profiles {
         };
         if entry.is_fresh(now) {
             self.counters.record(TierKind::Memory, true);
-            if entry.fresh_until - now < core.eager_window_ms && !self.flights.contains(id) {
+            if eager_due(&entry, now, core.eager_refresh) && !self.flights.contains(id) {
                 self.refresh_in_background(id);
             }
             return Some(Loaded {
@@ -571,6 +594,18 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
+/// Whether a fresh entry is far enough into its fresh life (measured from
+/// when the origin produced it) to be refreshed ahead of expiry. Relative to
+/// each entry, so short-lived entries (404s) are not refreshed on every hit.
+fn eager_due(entry: &Entry, now: u64, share: f64) -> bool {
+    if share >= 1.0 {
+        return false;
+    }
+    let life = entry.fresh_until.saturating_sub(entry.fetched_at) as f64;
+    let left = entry.fresh_until.saturating_sub(now) as f64;
+    left < life * (1.0 - share)
+}
+
 async fn put_all(tiers: &[Arc<dyn Tier>], entries: &[(String, Entry)]) {
     if tiers.is_empty() || entries.is_empty() {
         return;
@@ -640,7 +675,6 @@ fn build_core(cfg: &Config, prev: Option<&Core>, origin: &Arc<Origin>) -> Result
     if let Some(r) = &redis {
         lower.push(r.clone());
     }
-    let eager_window = mem.ttl.get().mul_f64(1.0 - mem.eager_refresh);
     Ok(Core {
         memory,
         redis,
@@ -650,7 +684,7 @@ fn build_core(cfg: &Config, prev: Option<&Core>, origin: &Arc<Origin>) -> Result
         max_request_ids: cfg.profiles.max_request_ids,
         negative_ttl: cfg.profiles.negative_ttl.get(),
         throttle_ms: millis(cfg.fail_safe.throttle.get()),
-        eager_window_ms: millis(eager_window),
+        eager_refresh: mem.eager_refresh,
         memory_cfg: mem.clone(),
         redis_cfg: cfg.tiers.redis.clone(),
         max_stale,

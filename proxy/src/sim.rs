@@ -675,27 +675,10 @@ async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
         }
     }
 
-    shared.delay().await;
-    match shared.mode() {
-        SimMode::Healthy => {}
-        SimMode::Error500 => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "simulated Officer failure",
-            )
-        }
-        SimMode::Hang => {
-            tokio::time::sleep(HANG_FOR).await;
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "simulated Officer hang elapsed",
-            );
-        }
-    }
-
-    match route {
+    // The answer is read before the latency, as a real service reads its
+    // database and then spends time on the network: a profile changed
+    // while a call is in flight is not in that call's answer.
+    let answer = match route {
         OfficerRoute::Single(id) => get_user(shared, &id),
         OfficerRoute::Batch => match batch {
             Some(Ok(ids)) => batch_users(shared, &ids),
@@ -706,6 +689,23 @@ async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
         OfficerRoute::Health => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         OfficerRoute::Unknown => {
             error_response(StatusCode::NOT_FOUND, "not_found", "no such route")
+        }
+    };
+    shared.delay().await;
+    match shared.mode() {
+        SimMode::Healthy => answer,
+        SimMode::Error500 => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "simulated Officer failure",
+        ),
+        SimMode::Hang => {
+            tokio::time::sleep(HANG_FOR).await;
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "simulated Officer hang elapsed",
+            )
         }
     }
 }

@@ -357,3 +357,122 @@ pub async fn spawn_binary(config: &Path, admin: SocketAddr) -> Proc {
     }
     panic!("profile-edge did not become ready at {admin}");
 }
+
+/// A real `redis-server` on a free loopback port, started by the test and
+/// killed when dropped. Fails the test loudly when it cannot start.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut r = RedisServer {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); tests/run.sh installs it (apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    async fn ping(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if s.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+            Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL): the proxy sees a dead Redis.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// A direct connection for checks and for planting values.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl RedisServer {
+    /// The Redis section for a proxy config using this server; short
+    /// timeout and breaker cooldown so failure tests run quickly.
+    pub fn tier_config(&self) -> String {
+        format!(
+            "[tiers.redis]\nurl = \"{}\"\nttl = \"1h\"\nkey_prefix = \"pe:test:\"\ntimeout = \"50ms\"\nconnect_timeout = \"100ms\"\nbreaker_cooldown = \"200ms\"\n\n",
+            self.url()
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A simulated Officer (users `sim::user_id(0..users)`) with `latency` per call.
+pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::sim::SimOrigin {
+    profile_edge::sim::SimOrigin::start(profile_edge::sim::SimConfig {
+        users,
+        latency,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Config text for profile tests: the sim as Officer plus `extra` sections.
+/// The upstream timeout is 2 s.
+pub fn profile_config(officer: &str, extra: &str) -> String {
+    config_text(officer, extra).replace("timeout = \"1s\"", "timeout = \"2s\"")
+}

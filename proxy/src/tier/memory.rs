@@ -140,7 +140,7 @@ mod tests {
             m.put(&id, &src);
             let e = m.get(&id).expect("stored");
             let left = e.fresh_until.saturating_sub(now_ms());
-            assert!(left <= 100_000 && left >= 79_000, "{left}");
+            assert!((79_000..=100_000).contains(&left), "{left}");
             seen.insert(e.fresh_until / 1000);
         }
         assert!(seen.len() > 5, "expiries are not spread: {seen:?}");
