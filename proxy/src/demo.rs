@@ -56,6 +56,38 @@ impl Demo {
         })
     }
 
+    /// Sends `n` concurrent lookups of cold ids through the proxy, as a
+    /// feed fan-out would, and reports what reached the origin.
+    pub async fn cold_burst(&self, n: usize) -> anyhow::Result<String> {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let before = (self.sim.stats().origin_calls(), self.sim.stats().batch_sizes().len());
+        let start = std::time::Instant::now();
+        let base = format!("http://{}/api/users", self.app.main_addr());
+        // Ids from the top of the range, so the curl commands below still
+        // show a first miss.
+        let first = self.users.saturating_sub(n);
+        let answers = futures_util::future::join_all((first..self.users).map(|i| {
+            let uri = format!("{base}/{}", sim::user_id(i));
+            let client = client.clone();
+            async move {
+                let uri: http::Uri = uri.parse().ok()?;
+                client.get(uri).await.ok().map(|r| r.status().is_success())
+            }
+        }))
+        .await;
+        let ok = answers.iter().filter(|a| **a == Some(true)).count();
+        let sizes = self.sim.stats().batch_sizes();
+        let calls = self.sim.stats().origin_calls() - before.0;
+        let batch_sizes: Vec<String> = sizes[before.1..].iter().map(|s| s.to_string()).collect();
+        Ok(format!(
+            "cold burst: {ok}/{} concurrent lookups answered in {:?} with {calls} origin calls (batch sizes {})",
+            answers.len(),
+            start.elapsed(),
+            batch_sizes.join(", ")
+        ))
+    }
+
     /// The curl commands a newcomer can paste, first one first.
     pub fn curl_commands(&self) -> Vec<(String, &'static str)> {
         let p = self.app.main_addr();
@@ -65,7 +97,11 @@ impl Demo {
         vec![
             (
                 format!("curl -i http://{p}/api/users/{u1}"),
-                "a profile through the proxy",
+                "a profile: x-cache: miss, x-cache-tier: origin",
+            ),
+            (
+                format!("curl -i http://{p}/api/users/{u1}"),
+                "the same again: x-cache: hit, x-cache-tier: memory",
             ),
             (
                 format!("curl -i http://{p}/api/users/{u1}/followers"),
@@ -76,18 +112,26 @@ impl Demo {
                     "curl -i -X POST http://{p}/api/users/batch -H 'content-type: application/json' -d '{{\"ids\": {}}}'",
                     serde_json::to_string(&batch).unwrap_or_default()
                 ),
-                "a batch lookup",
+                "a batch lookup, served from the tiers",
             ),
             (
                 format!("curl -i http://{p}/api/users/not-an-id!"),
-                "a bad id",
+                "a bad id: 400, never reaches the origin",
+            ),
+            (
+                format!("curl -s http://{a}/admin/stats"),
+                "hits, misses, origin calls and batch sizes",
+            ),
+            (
+                format!("curl -s -X DELETE http://{a}/admin/cache/users/{u1}"),
+                "invalidate one id in every tier",
             ),
             (format!("curl -s http://{a}/metrics | grep ^profile_edge_"), "metrics"),
             (format!("curl -s http://{a}/readyz"), "readiness"),
         ]
     }
 
-    pub fn print_banner(&self) {
+    pub fn print_banner(&self, burst: Option<&str>) {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "profile-edge demo is running");
         let _ = writeln!(out, "  proxy    http://{}", self.app.main_addr());
@@ -99,6 +143,9 @@ impl Demo {
             self.sim.posts_url(),
             self.users
         );
+        if let Some(b) = burst {
+            let _ = writeln!(out, "  {b}");
+        }
         let _ = writeln!(out, "\nTry:");
         for (cmd, what) in self.curl_commands() {
             let _ = writeln!(out, "  {cmd}\n      # {what}");

@@ -141,7 +141,11 @@ fn demo(opts: DemoOptions) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        demo.print_banner();
+        let burst = match demo.cold_burst(1000.min(opts.users / 2)).await {
+            Ok(line) => Some(line),
+            Err(e) => Some(format!("cold burst failed: {e:#}")),
+        };
+        demo.print_banner(burst.as_deref());
         app::shutdown_signal().await;
         demo.shutdown().await;
         ExitCode::SUCCESS
