@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Builds every guest policy in this workspace and copies the components to
-# plugins/dist/, where the example configs and `profile-edge demo` find them.
+# Builds every guest policy for wasm32-wasip2 (rustc emits a component
+# directly) and copies them where the proxy finds them: the shipped policies
+# to plugins/dist/, the test suite's misbehaving ones to plugins/dist/testing/.
 set -euo pipefail
 cd "$(dirname "$0")"
-mkdir -p dist
-members=$(sed -n '/^members/,/]/p' Cargo.toml | grep -o '"[^"]*"' | tr -d '"' || true)
-if [ -z "$members" ]; then
-    echo "plugins: no guest policies in the workspace yet; nothing to build"
-    exit 0
-fi
-rustup target add wasm32-wasip2 >/dev/null
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release --target wasm32-wasip2
-for m in $members; do
-    name=$(basename "$m" | tr '-' '_')
-    cp "target/wasm32-wasip2/release/$name.wasm" "dist/$name.wasm"
-    echo "plugins: built dist/$name.wasm"
+out=target/wasm32-wasip2/release
+mkdir -p dist/testing
+for name in enrich_posts invalidate_profile enrich_fields; do
+    cp "$out/$name.wasm" "dist/$name.wasm"
+    echo "plugins: dist/$name.wasm ($(wc -c < "dist/$name.wasm") bytes)"
 done
+for name in hostile_enrich hostile_invalidate wrong_version; do
+    cp "$out/$name.wasm" "dist/testing/$name.wasm"
+done
+echo "plugins: test fixtures in dist/testing/"

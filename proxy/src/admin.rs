@@ -84,7 +84,18 @@ impl AdminRouter {
             (Method::GET, "/admin/stats") => {
                 let mut stats = self.state.profiles.stats();
                 stats["ready"] = json!(self.state.is_ready());
+                stats["plugins"] = self.state.plugins.versions();
                 Ok(json_response(StatusCode::OK, &stats))
+            }
+            (Method::GET, "/admin/plugins") => {
+                Ok(json_response(StatusCode::OK, &self.state.plugins.list()))
+            }
+            (Method::POST, "/admin/events") => {
+                self.authorize(&req)?;
+                let limit = self.state.runtime().config.server.max_body_size.as_usize();
+                let body = crate::profile_routes::read_limited(req, limit).await?;
+                let done = crate::events::handle(&self.state, &body).await?;
+                Ok(json_response(StatusCode::OK, &done))
             }
             (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {
                 self.authorize(&req)?;
@@ -97,9 +108,14 @@ impl AdminRouter {
                 self.state.profiles.invalidate(id, "admin").await;
                 Ok(json_response(StatusCode::OK, &json!({"invalidated": id})))
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/stats") => Err(
-                ProxyError::MethodNotAllowed(format!("{} is not allowed on {path}", req.method())),
-            ),
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/stats"
+                | "/admin/plugins" | "/admin/events",
+            ) => Err(ProxyError::MethodNotAllowed(format!(
+                "{} is not allowed on {path}",
+                req.method()
+            ))),
             _ => Err(ProxyError::NotFound(format!("no admin endpoint at {path}"))),
         }
     }

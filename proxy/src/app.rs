@@ -81,6 +81,19 @@ impl App {
 
     async fn start_with_state(state: Arc<State>) -> Result<App, StartError> {
         let rt = state.runtime();
+        // Plugins load before the listeners open: ready means they serve.
+        let problems = state.plugins.apply(&rt.config, false).await;
+        if !problems.is_empty() {
+            return Err(StartError::Config(ConfigError {
+                file: "(plugins)".into(),
+                problems: problems
+                    .into_iter()
+                    .map(|(name, reason)| {
+                        crate::config::Problem::new(format!("plugins.{name}.path"), reason)
+                    })
+                    .collect(),
+            }));
+        }
         let server = &rt.config.server;
         let (stop_main, stop_main_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);

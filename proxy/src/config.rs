@@ -304,6 +304,9 @@ pub struct EnrichRoute {
     pub path_prefix: String,
     pub upstream: String,
     pub plugin: String,
+    /// Larger answers pass through unenriched.
+    #[serde(default = "defaults::enrich_max_body")]
+    pub max_body_size: ByteSize,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -375,6 +378,9 @@ mod defaults {
     }
     pub fn plugin_memory() -> ByteSize {
         ByteSize::mib(32)
+    }
+    pub fn enrich_max_body() -> ByteSize {
+        ByteSize::mib(2)
     }
 }
 
@@ -666,6 +672,15 @@ impl Config {
             }
         }
         if let Some(inv) = &self.invalidation {
+            if self.enrich.iter().any(|r| r.plugin == inv.plugin) {
+                out.push(Problem::new(
+                    "invalidation.plugin",
+                    format!(
+                        "{} is also an enrichment policy; one plugin fulfils one world",
+                        inv.plugin
+                    ),
+                ));
+            }
             if !self.plugins.contains_key(&inv.plugin) {
                 out.push(Problem::new(
                     "invalidation.plugin",

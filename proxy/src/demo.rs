@@ -12,8 +12,22 @@ use crate::app::App;
 use crate::config::Config;
 use crate::sim::{self, SimConfig, SimOrigin};
 
-/// The demo's config; upstream URLs and listen addresses are filled in at start.
+/// The demo's config; upstream URLs, listen addresses and plugin paths are
+/// filled in at start.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+
+/// The default policies, built into the binary so the demo needs no files
+/// (`plugins/build.sh` rebuilds them; the test command runs it first).
+const DEMO_PLUGINS: [(&str, &[u8]); 2] = [
+    (
+        "enrich-posts",
+        include_bytes!("../../plugins/dist/enrich_posts.wasm"),
+    ),
+    (
+        "invalidate-profile",
+        include_bytes!("../../plugins/dist/invalidate_profile.wasm"),
+    ),
+];
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -28,6 +42,32 @@ pub struct Demo {
     pub sim: SimOrigin,
     pub app: App,
     users: usize,
+    plugin_dir: tempfile_dir::TempDir,
+}
+
+/// A directory removed when dropped, for the demo's plugin files.
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> std::io::Result<TempDir> {
+            let dir =
+                std::env::temp_dir().join(format!("profile-edge-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            Ok(TempDir(dir))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 impl Demo {
@@ -39,8 +79,18 @@ impl Demo {
         })
         .await
         .context("starting the simulated Officer and Posts API")?;
-        let mut config = Config::parse(DEMO_CONFIG, "config/demo.toml")
-            .context("the built-in demo config is invalid")?;
+        // The plugin files first: the config names them and must find them.
+        let plugin_dir = tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
+        let mut text = DEMO_CONFIG.to_string();
+        for (config_path, bytes) in DEMO_PLUGINS {
+            let file = config_path.rsplit('/').next().unwrap_or(config_path);
+            let path = plugin_dir.path().join(file);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            let quoted = toml::Value::String(path.display().to_string()).to_string();
+            text = text.replace(&format!("\"{config_path}\""), &quoted);
+        }
+        let mut config =
+            Config::parse(&text, "config/demo.toml").context("the built-in demo config is invalid")?;
         config.server.listen = opts.listen;
         config.admin.listen = opts.admin;
         for (name, url) in [("officer", sim.officer_url()), ("posts", sim.posts_url())] {
@@ -48,20 +98,34 @@ impl Demo {
                 up.url = url;
             }
         }
+        let plugin_dir =
+            tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
+        for (name, bytes) in DEMO_PLUGINS {
+            let path = plugin_dir.path().join(format!("{name}.wasm"));
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+            if let Some(p) = config.plugins.get_mut(name) {
+                p.path = path;
+            }
+        }
         let app = App::start(config).await.context("starting the proxy")?;
         Ok(Demo {
             sim,
             app,
             users: opts.users,
+            plugin_dir,
         })
     }
 
     /// Sends `n` concurrent lookups of cold ids through the proxy, as a
     /// feed fan-out would, and reports what reached the origin.
     pub async fn cold_burst(&self, n: usize) -> anyhow::Result<String> {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http::<http_body_util::Empty<bytes::Bytes>>();
-        let before = (self.sim.stats().origin_calls(), self.sim.stats().batch_sizes().len());
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let before = (
+            self.sim.stats().origin_calls(),
+            self.sim.stats().batch_sizes().len(),
+        );
         let start = std::time::Instant::now();
         let base = format!("http://{}/api/users", self.app.main_addr());
         // Ids from the top of the range, so the curl commands below still
@@ -119,6 +183,21 @@ impl Demo {
                 "a bad id: 400, never reaches the origin",
             ),
             (
+                format!("curl -s 'http://{p}/api/posts?limit=3'"),
+                "a Posts API feed, enriched by the enrich-posts policy with userSnapshot",
+            ),
+            (
+                format!("curl -s http://{p}/api/posts/notifications/new"),
+                "a new-post notification, enriched",
+            ),
+            (
+                format!(
+                    "curl -s -X POST http://{a}/admin/events -d '{{\"type\": \"profile-updated\", \"userId\": \"{u1}\"}}'"
+                ),
+                "a profile event, handled by the invalidate-profile policy",
+            ),
+            (format!("curl -s http://{a}/admin/plugins"), "loaded policies"),
+            (
                 format!("curl -s http://{a}/admin/stats"),
                 "hits, misses, origin calls and batch sizes",
             ),
@@ -157,5 +236,6 @@ impl Demo {
     pub async fn shutdown(self) {
         self.app.shutdown().await;
         self.sim.shutdown().await;
+        drop(self.plugin_dir);
     }
 }

@@ -13,13 +13,14 @@ use crate::server::ConnInfo;
 use crate::upstream::Upstream;
 
 /// Forwards `req` to `upstream` and returns the upstream's answer, status
-/// and headers as they are (5xx included). `kind` labels the origin metric.
+/// and headers as they are (5xx included). `kind` labels the Officer origin
+/// metric; `None` for other upstreams.
 pub async fn forward(
     req: Request<Incoming>,
     conn: ConnInfo,
     upstream: &Upstream,
     metrics: &Metrics,
-    kind: &str,
+    kind: Option<&str>,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let target = parts
@@ -54,17 +55,21 @@ pub async fn forward(
             } else {
                 "error"
             };
-            metrics
-                .origin_requests
-                .with_label_values(&[kind, status])
-                .inc();
+            if let Some(kind) = kind {
+                metrics
+                    .origin_requests
+                    .with_label_values(&[kind, status])
+                    .inc();
+            }
             return Err(e);
         }
     };
-    metrics
-        .origin_requests
-        .with_label_values(&[kind, resp.status().as_str()])
-        .inc();
+    if let Some(kind) = kind {
+        metrics
+            .origin_requests
+            .with_label_values(&[kind, resp.status().as_str()])
+            .inc();
+    }
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::default();

@@ -5,19 +5,13 @@
 //! stays. `/admin/reload` goes through the same `reload_config`.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use notify::RecommendedWatcher;
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::state::{Runtime, State};
-
-/// Quiet time after the last file event before the file is read: editors
-/// and ConfigMap updates touch several paths in a burst.
-const DEBOUNCE: Duration = Duration::from_millis(150);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -82,6 +76,11 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             file,
             problems: vec![p],
         });
+    }
+    // Plugins added, removed or re-pointed load now; one that fails keeps
+    // its last good version and is reported on its own, not as a config error.
+    for (name, reason) in state.plugins.apply(&runtime.config, true).await {
+        tracing::error!(plugin = %name, %reason, "plugin from the new config rejected");
     }
     let needs_restart = restart_keys(&state.runtime().config, &runtime.config);
     state.publish(runtime);
@@ -156,51 +155,18 @@ pub async fn remember_initial(state: &State, text: &str) {
 /// runtime. Keep the returned watcher alive for as long as reloads should
 /// happen.
 pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatcher> {
-    let dir = watch_dir(path);
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
-            // A full channel already holds a wake-up; dropping this one is fine.
-            Ok(e) if !e.kind.is_access() => {
-                let _ = tx.try_send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "config watcher error"),
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(dir = %dir.display(), "watching config directory");
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+    crate::watch::watch_dirs(&[crate::watch::dir_of(path)], "config", move || {
+        let state = state.clone();
+        async move {
             let result = reload_config(&state, false).await;
             log_outcome(&result, "file");
         }
-    });
-    Ok(watcher)
-}
-
-/// The directory to watch: the file's parent, `.` for a bare file name.
-fn watch_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bare_file_name_watches_working_directory() {
-        assert_eq!(watch_dir(Path::new("edge.toml")), PathBuf::from("."));
-        assert_eq!(
-            watch_dir(Path::new("config/edge.toml")),
-            PathBuf::from("config")
-        );
-    }
 
     #[test]
     fn listen_changes_need_restart() {

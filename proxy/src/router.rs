@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::body::Body;
+use crate::enrich;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::passthrough;
@@ -24,6 +25,8 @@ use crate::state::{Runtime, State};
 pub enum Route {
     Profile,
     Batch,
+    /// An `[[enrich]]` route, by its index in the config.
+    Enrich(usize),
     Passthrough,
 }
 
@@ -36,14 +39,24 @@ impl Route {
         match self {
             Route::Profile => 0,
             Route::Batch => 1,
+            Route::Enrich(_) => 2,
             Route::Passthrough => 3,
         }
     }
 
     /// GET on `{user_path}` without a query is a profile lookup; POST on
-    /// `{batch_path}` is a batch; everything else passes through.
+    /// `{batch_path}` is a batch; a path under an `[[enrich]]` prefix is
+    /// enriched; everything else passes through to the Officer.
     fn classify(req: &Request<Incoming>, rt: &Runtime) -> Route {
         let path = req.uri().path();
+        if let Some(i) = rt
+            .config
+            .enrich
+            .iter()
+            .position(|r| path.starts_with(&r.path_prefix))
+        {
+            return Route::Enrich(i);
+        }
         let batch_path = rt.config.profiles.batch_path.as_str();
         if req.method() == Method::POST && path == batch_path {
             Route::Batch
@@ -98,8 +111,13 @@ impl MainRouter {
                 let max_body = rt.config.server.max_body_size.as_usize();
                 profile_routes::batch(req, &state.profiles, &state.metrics, max_body).await
             }
+            Route::Enrich(i) => match rt.config.enrich.get(i) {
+                Some(route) => enrich::handle(req, conn, rt, route, state).await,
+                None => Err(ProxyError::Internal("enrich route vanished".into())),
+            },
             Route::Passthrough => {
-                passthrough::forward(req, conn, &rt.officer, &state.metrics, "passthrough").await
+                passthrough::forward(req, conn, &rt.officer, &state.metrics, Some("passthrough"))
+                    .await
             }
         }
     }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, Problem, OFFICER};
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
+use crate::plugin::registry::Plugins;
 use crate::server::ConnLimits;
 use crate::tls;
 use crate::upstream::Upstream;
@@ -93,6 +94,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Profile lookups: tiers, coalescing, fail-safe. Lives across reloads.
     pub profiles: Arc<Profiles>,
+    /// The WebAssembly policies the config names. Lives across reloads.
+    pub plugins: Arc<Plugins>,
     ready: AtomicBool,
     /// The file reloads read; `None` when the config was given in memory.
     pub config_path: Option<PathBuf>,
@@ -115,10 +118,15 @@ impl State {
                 file,
                 problems: vec![p],
             })?;
+        let plugins = Plugins::new(metrics.clone()).map_err(|e| ConfigError {
+            file: "(plugins)".into(),
+            problems: vec![Problem::new("plugins", e)],
+        })?;
         Ok(State {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             profiles,
+            plugins,
             ready: AtomicBool::new(false),
             config_path,
             reload_guard: tokio::sync::Mutex::new(None),

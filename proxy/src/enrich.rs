@@ -1,0 +1,182 @@
+//! Enriched routes (`[[enrich]]`): the request is proxied to its upstream;
+//! a 2xx JSON answer under the route's size limit goes to the enrichment
+//! policy, which names the profile ids it needs; those are looked up through
+//! the tiers and the coalescer at once; the policy writes the new body, and
+//! it goes out with a correct length. Non-2xx, non-JSON, compressed or
+//! over-size answers pass through untouched, streamed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use crate::body::{self, Body, BoxError};
+use crate::config::{EnrichRoute, OnError};
+use crate::error::ProxyError;
+use crate::passthrough;
+use crate::plugin::bindings::Profile;
+use crate::plugin::registry::LoadedPlugin;
+use crate::server::ConnInfo;
+use crate::state::{Runtime, State};
+
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    rt: &Runtime,
+    route: &EnrichRoute,
+    state: &State,
+) -> Result<Response<Body>, ProxyError> {
+    let upstream = rt.upstreams.get(&route.upstream).ok_or_else(|| {
+        ProxyError::Internal(format!(
+            "enrich route upstream {} is not configured",
+            route.upstream
+        ))
+    })?;
+    let head = req.method() == Method::HEAD;
+    let resp = passthrough::forward(req, conn, upstream, &state.metrics, None).await?;
+    let limit = route.max_body_size.as_usize();
+    if head || !enrichable(resp.status(), resp.headers(), limit) {
+        return Ok(resp);
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match read_up_to(body, limit).await {
+        Read::Whole(b) => b,
+        Read::TooBig(body) => return Ok(Response::from_parts(parts, body)),
+        Read::Failed(e) => {
+            return Err(ProxyError::BadGateway {
+                upstream: route.upstream.clone(),
+                detail: format!("reading the answer to enrich failed: {e}"),
+            })
+        }
+    };
+    let plugin = state.plugins.get(&route.plugin);
+    let on_error = plugin.as_ref().map_or(OnError::Open, |p| p.on_error);
+    match enrich_body(plugin, &route.plugin, &bytes, state).await {
+        Ok(new) => {
+            // The body changed: validators of the old one must not survive.
+            parts.headers.remove(header::ETAG);
+            parts.headers.remove("content-md5");
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+            Ok(Response::from_parts(parts, body::full(new)))
+        }
+        Err(reason) => match on_error {
+            OnError::Open => Ok(Response::from_parts(parts, body::full(bytes))),
+            OnError::Closed => Err(ProxyError::BadGateway {
+                upstream: format!("policy {}", route.plugin),
+                detail: reason,
+            }),
+        },
+    }
+}
+
+/// Whether an answer is one the policy should see.
+fn enrichable(status: http::StatusCode, h: &HeaderMap, limit: usize) -> bool {
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.starts_with("application/json") || ct.contains("+json")
+        });
+    let plain = h
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|e| e.eq_ignore_ascii_case("identity"));
+    let small = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_none_or(|n| n <= limit as u64);
+    status.is_success() && json && plain && small
+}
+
+enum Read {
+    Whole(Bytes),
+    /// Over the limit: what was read, followed by the rest, untouched.
+    TooBig(Body),
+    Failed(BoxError),
+}
+
+/// Reads a body of unknown length up to `limit` bytes.
+async fn read_up_to(body: Body, limit: usize) -> Read {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    let mut stream = BodyStream::new(body);
+    while let Some(frame) = stream.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Read::Failed(e),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: nothing to enrich
+        };
+        total += data.len();
+        chunks.push(data);
+        if total > limit {
+            let head = futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, BoxError>(Frame::data(c))),
+            );
+            let rest = head.chain(stream);
+            return Read::TooBig(StreamBody::new(rest).boxed_unsync());
+        }
+    }
+    let mut out = bytes::BytesMut::with_capacity(total);
+    for c in chunks {
+        out.extend_from_slice(&c);
+    }
+    Read::Whole(out.freeze())
+}
+
+/// Runs the policy over a body; any failure is a reason string for the
+/// `on_error` decision (the outcome is already counted by the plugin).
+async fn enrich_body(
+    plugin: Option<Arc<LoadedPlugin>>,
+    name: &str,
+    bytes: &Bytes,
+    state: &State,
+) -> Result<Bytes, String> {
+    let plugin = plugin.ok_or_else(|| format!("policy {name} is not loaded"))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("answer is not UTF-8: {e}"))?;
+    let wanted = plugin.needed_ids(text).map_err(|e| e.to_string())?;
+    let profiles = lookup(state, wanted).await;
+    let out = plugin.enrich(text, &profiles).map_err(|e| e.to_string())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&out)
+        .map_err(|e| format!("policy {name} returned a body that is not JSON: {e}"))?;
+    Ok(Bytes::from(out))
+}
+
+/// Looks up the ids a policy asked for, all at once (one coalesced batch
+/// for what is missing). Ids that fail the id pattern are skipped; ids that
+/// cannot be loaded are left out, like unknown ones.
+async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
+    let profiles = &state.profiles;
+    let mut ids: Vec<String> = Vec::with_capacity(wanted.len());
+    for id in wanted {
+        if profiles.valid_id(&id) && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids.truncate(profiles.max_request_ids());
+    let results = profiles.get_many(&ids).await;
+    ids.into_iter()
+        .zip(results)
+        .filter_map(|(id, r)| {
+            let loaded = r.ok()?;
+            if loaded.stale {
+                state.metrics.stale_served.inc();
+            }
+            let body = loaded.entry.body?;
+            Some(Profile {
+                id,
+                json: String::from_utf8_lossy(&body).into_owned(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,432 @@
+//! The plugins a config names: loading (compile off the request path,
+//! type-check against the world the config uses them for, smoke-test with a
+//! canned input), atomic swap, and hot reload when a `.wasm` file changes or
+//! a config reload adds, removes or re-points a plugin. A plugin that fails
+//! any step is rejected and the last good version keeps serving; requests in
+//! flight finish on the version they started with.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter};
+use serde_json::json;
+
+use super::bindings::{Action, Profile};
+use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prepared, World};
+use crate::config::{Config, OnError, PluginConfig};
+use crate::metrics::Metrics;
+
+/// The canned input of the smoke test. A policy must handle it without
+/// error before it serves.
+pub const SMOKE_BODY: &str =
+    r#"{"profileEdgeSmokeTest":true,"posts":[{"id":"smoke-post","userId":"5a0c3e"}]}"#;
+pub const SMOKE_EVENT: &str =
+    r#"{"profileEdgeSmokeTest":true,"type":"profile-updated","userId":"5a0c3e"}"#;
+
+/// A plugin that passed loading, ready to serve.
+pub struct LoadedPlugin {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    pub on_error: OnError,
+    prepared: Prepared,
+    ctx: Arc<PluginContext>,
+    limits: Limits,
+    runtime: Arc<PluginRuntime>,
+    meters: Meters,
+}
+
+/// The plugin's metric series, resolved once.
+#[derive(Clone)]
+struct Meters {
+    ok: IntCounter,
+    error: IntCounter,
+    trap: IntCounter,
+    timeout: IntCounter,
+    duration: Histogram,
+}
+
+impl Meters {
+    fn new(m: &Metrics, name: &str) -> Meters {
+        let c = |o: &str| m.plugin_calls.with_label_values(&[name, o]);
+        Meters {
+            ok: c("ok"),
+            error: c("error"),
+            trap: c("trap"),
+            timeout: c("timeout"),
+            duration: m.plugin_duration.with_label_values(&[name]),
+        }
+    }
+
+    fn record<T>(&self, started: Instant, r: &Result<T, CallError>) {
+        self.duration.observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(_) => self.ok.inc(),
+            Err(CallError::Error(_)) => self.error.inc(),
+            Err(CallError::Trap(_)) => self.trap.inc(),
+            Err(CallError::Timeout(_)) => self.timeout.inc(),
+        }
+    }
+}
+
+impl LoadedPlugin {
+    pub fn world(&self) -> World {
+        self.prepared.world()
+    }
+
+    fn call<T>(&self, f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> {
+        let started = Instant::now();
+        let r = f();
+        self.meters.record(started, &r);
+        if let Err(e) = &r {
+            tracing::warn!(plugin = %self.name, outcome = e.outcome(), error = %e, "policy call failed");
+        }
+        r
+    }
+
+    pub fn needed_ids(&self, body: &str) -> Result<Vec<String>, CallError> {
+        let Prepared::Enrich(pre) = &self.prepared else {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        };
+        self.call(|| self.runtime.needed_ids(pre, &self.ctx, &self.limits, body))
+    }
+
+    pub fn enrich(&self, body: &str, profiles: &[Profile]) -> Result<String, CallError> {
+        let Prepared::Enrich(pre) = &self.prepared else {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        };
+        self.call(|| {
+            self.runtime
+                .enrich(pre, &self.ctx, &self.limits, body, profiles)
+        })
+    }
+
+    pub fn on_event(&self, event: &str) -> Result<Vec<Action>, CallError> {
+        let Prepared::Invalidate(pre) = &self.prepared else {
+            return Err(CallError::Error("not an invalidation policy".into()));
+        };
+        self.call(|| self.runtime.on_event(pre, &self.ctx, &self.limits, event))
+    }
+
+    /// Runs the canned input through the policy; the output must be usable.
+    fn smoke_test(&self) -> Result<(), String> {
+        let fail = |e: CallError| format!("failed its smoke test: {e}");
+        match self.world() {
+            World::Enrich => {
+                let ids = self.needed_ids(SMOKE_BODY).map_err(fail)?;
+                let profiles: Vec<Profile> = ids
+                    .iter()
+                    .map(|id| Profile {
+                        id: id.clone(),
+                        json: json!({"id": id, "displayName": "Smoke Test", "avatarUrl": "https://example.invalid/a.png"})
+                            .to_string(),
+                    })
+                    .collect();
+                let out = self.enrich(SMOKE_BODY, &profiles).map_err(fail)?;
+                serde_json::from_str::<serde::de::IgnoredAny>(&out)
+                    .map_err(|e| format!("failed its smoke test: output is not JSON: {e}"))?;
+            }
+            World::Invalidate => {
+                self.on_event(SMOKE_EVENT).map_err(fail)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a config asks for one plugin.
+#[derive(Clone, Debug, PartialEq)]
+struct Wanted {
+    cfg: PluginConfig,
+    /// `None` when no route or section uses it yet: either world will do.
+    world: Option<World>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Status {
+    last_error: Option<String>,
+    last_error_at: Option<SystemTime>,
+}
+
+pub struct Plugins {
+    runtime: Arc<PluginRuntime>,
+    metrics: Arc<Metrics>,
+    loaded: ArcSwap<HashMap<String, Arc<LoadedPlugin>>>,
+    wanted: ArcSwap<BTreeMap<String, Wanted>>,
+    status: Mutex<HashMap<String, Status>>,
+    /// Serializes loads so that a file event and a config reload do not race.
+    loading: tokio::sync::Mutex<()>,
+    watcher: Mutex<Option<(Vec<PathBuf>, notify::RecommendedWatcher)>>,
+}
+
+impl Plugins {
+    pub fn new(metrics: Arc<Metrics>) -> Result<Arc<Plugins>, String> {
+        Ok(Arc::new(Plugins {
+            runtime: PluginRuntime::global()?,
+            metrics,
+            loaded: ArcSwap::from_pointee(HashMap::new()),
+            wanted: ArcSwap::from_pointee(BTreeMap::new()),
+            status: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            watcher: Mutex::new(None),
+        }))
+    }
+
+    /// The version serving now; hold it for the whole request.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.loaded.load().get(name).cloned()
+    }
+
+    /// Brings the loaded set in line with a config: loads new or changed
+    /// plugins, drops unnamed ones. Returns the problems as `(name, reason)`;
+    /// a plugin that failed keeps its last good version if it had one.
+    /// `counted` is false for the start-up load, which is not a reload.
+    pub async fn apply(self: &Arc<Self>, config: &Config, counted: bool) -> Vec<(String, String)> {
+        let _guard = self.loading.lock().await;
+        let wanted: BTreeMap<String, Wanted> = config
+            .plugins
+            .iter()
+            .map(|(name, cfg)| {
+                let w = Wanted {
+                    cfg: cfg.clone(),
+                    world: world_for(config, name),
+                };
+                (name.clone(), w)
+            })
+            .collect();
+        let old_wanted = self.wanted.load_full();
+        self.wanted.store(Arc::new(wanted.clone()));
+
+        let mut problems = Vec::new();
+        let mut next: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        let current = self.loaded.load_full();
+        for (name, w) in &wanted {
+            let unchanged = old_wanted.get(name) == Some(w);
+            match (current.get(name), unchanged) {
+                (Some(p), true) if self.file_sha(&w.cfg).as_deref() == Some(p.sha256.as_str()) => {
+                    next.insert(name.clone(), p.clone());
+                }
+                (old, _) => match self.load(name, w).await {
+                    Ok(p) => {
+                        self.loaded_ok(&p, counted);
+                        next.insert(name.clone(), Arc::new(p));
+                    }
+                    Err(e) => {
+                        self.rejected(name, &e, counted);
+                        problems.push((name.clone(), e));
+                        if let Some(old) = old {
+                            next.insert(name.clone(), old.clone());
+                        }
+                    }
+                },
+            }
+        }
+        self.loaded.store(Arc::new(next));
+        if let Ok(mut st) = self.status.lock() {
+            st.retain(|name, _| wanted.contains_key(name));
+        }
+        self.rewatch(&wanted);
+        problems
+    }
+
+    /// Reloads the plugins whose file content changed (a file event).
+    pub async fn reload_changed(self: &Arc<Self>) {
+        let _guard = self.loading.lock().await;
+        let wanted = self.wanted.load_full();
+        let mut next = (*self.loaded.load_full()).clone();
+        let mut changed = false;
+        for (name, w) in wanted.iter() {
+            let sha = self.file_sha(&w.cfg);
+            let current = next.get(name).map(|p| p.sha256.clone());
+            if sha.is_none() || sha == current {
+                continue;
+            }
+            match self.load(name, w).await {
+                Ok(p) => {
+                    self.loaded_ok(&p, true);
+                    next.insert(name.clone(), Arc::new(p));
+                    changed = true;
+                }
+                Err(e) => self.rejected(name, &e, true),
+            }
+        }
+        if changed {
+            self.loaded.store(Arc::new(next));
+        }
+    }
+
+    fn loaded_ok(&self, p: &LoadedPlugin, counted: bool) {
+        tracing::info!(plugin = %p.name, world = p.world().as_str(), sha256 = %p.sha256,
+            path = %p.path.display(), "plugin loaded");
+        if counted {
+            self.metrics.reload("plugin", true);
+        }
+    }
+
+    fn rejected(&self, name: &str, reason: &str, counted: bool) {
+        tracing::error!(plugin = %name, reason = %reason, "plugin rejected; the last good version (if any) keeps serving");
+        if counted {
+            self.metrics.reload("plugin", false);
+        }
+        if let Ok(mut st) = self.status.lock() {
+            let s = st.entry(name.to_string()).or_default();
+            s.last_error = Some(reason.to_string());
+            s.last_error_at = Some(SystemTime::now());
+        }
+    }
+
+    fn file_sha(&self, cfg: &PluginConfig) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        std::fs::read(&cfg.path)
+            .ok()
+            .map(|b| super::runtime::hex(&Sha256::digest(&b)))
+    }
+
+    /// Compile, type-check and smoke-test off the async workers.
+    async fn load(&self, name: &str, w: &Wanted) -> Result<LoadedPlugin, String> {
+        let runtime = self.runtime.clone();
+        let meters = Meters::new(&self.metrics, name);
+        let (name, w) = (name.to_string(), w.clone());
+        tokio::task::spawn_blocking(move || load_plugin(&runtime, &name, &w.cfg, w.world, meters))
+            .await
+            .map_err(|e| format!("loading task failed: {e}"))?
+    }
+
+    /// Watches the directories of the plugin files; re-created when the set
+    /// of directories changes.
+    fn rewatch(self: &Arc<Self>, wanted: &BTreeMap<String, Wanted>) {
+        let mut dirs: Vec<PathBuf> = wanted
+            .values()
+            .map(|w| crate::watch::dir_of(&w.cfg.path))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        dirs.sort();
+        let Ok(mut slot) = self.watcher.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|(d, _)| *d == dirs) {
+            return;
+        }
+        *slot = None;
+        if dirs.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        match crate::watch::watch_dirs(&dirs, "plugins", move || {
+            let me = me.clone();
+            async move {
+                if let Some(p) = me.upgrade() {
+                    p.reload_changed().await;
+                }
+            }
+        }) {
+            Ok(w) => *slot = Some((dirs, w)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch plugin files; hot swap needs /admin/reload")
+            }
+        }
+    }
+
+    /// `/admin/plugins`.
+    pub fn list(&self) -> serde_json::Value {
+        let loaded = self.loaded.load();
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let wanted = self.wanted.load();
+        let list: Vec<serde_json::Value> = wanted
+            .iter()
+            .map(|(name, w)| {
+                let p = loaded.get(name);
+                let st = status.get(name).cloned().unwrap_or_default();
+                json!({
+                    "name": name,
+                    "path": w.cfg.path.display().to_string(),
+                    "world": p.map(|p| p.world().as_str()).or(w.world.map(World::as_str)),
+                    "loaded": p.is_some(),
+                    "sha256": p.map(|p| p.sha256.clone()),
+                    "loaded_at": p.map(|p| rfc3339(p.loaded_at)),
+                    "last_error": st.last_error,
+                    "last_error_at": st.last_error_at.map(rfc3339),
+                    "log_lines_dropped": p.map(|p| p.ctx.logs_dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                })
+            })
+            .collect();
+        json!({ "plugins": list })
+    }
+
+    /// Name -> sha256 of what serves now, for `/admin/stats`.
+    pub fn versions(&self) -> serde_json::Value {
+        let loaded = self.loaded.load();
+        let map: serde_json::Map<String, serde_json::Value> = loaded
+            .iter()
+            .map(|(n, p)| (n.clone(), json!(p.sha256)))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+}
+
+/// The world a config uses a plugin for.
+pub fn world_for(config: &Config, name: &str) -> Option<World> {
+    if config.enrich.iter().any(|r| r.plugin == name) {
+        Some(World::Enrich)
+    } else if config
+        .invalidation
+        .as_ref()
+        .is_some_and(|i| i.plugin == name)
+    {
+        Some(World::Invalidate)
+    } else {
+        None
+    }
+}
+
+fn load_plugin(
+    runtime: &Arc<PluginRuntime>,
+    name: &str,
+    cfg: &PluginConfig,
+    world: Option<World>,
+    meters: Meters,
+) -> Result<LoadedPlugin, String> {
+    let bytes = read(&cfg.path)?;
+    let (prepared, sha256) = match world {
+        Some(w) => runtime.prepare(&bytes, w)?,
+        // Not used by any route yet: accept either world.
+        None => runtime
+            .prepare(&bytes, World::Enrich)
+            .or_else(|_| runtime.prepare(&bytes, World::Invalidate))?,
+    };
+    let config_json = serde_json::to_string(&cfg.config).unwrap_or_else(|_| "{}".into());
+    let plugin = LoadedPlugin {
+        name: name.to_string(),
+        path: cfg.path.clone(),
+        sha256,
+        loaded_at: SystemTime::now(),
+        on_error: cfg.on_error,
+        prepared,
+        ctx: Arc::new(PluginContext::new(name, config_json)),
+        limits: Limits {
+            deadline: cfg.deadline.get(),
+            memory: cfg.memory_limit.as_usize(),
+        },
+        runtime: runtime.clone(),
+        meters,
+    };
+    plugin.smoke_test()?;
+    Ok(plugin)
+}
+
+/// Checks one plugin the way a load does, for `profile-edge check`.
+pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<World, String> {
+    let runtime = PluginRuntime::global()?;
+    let metrics = Metrics::new();
+    let meters = Meters::new(&metrics, name);
+    load_plugin(&runtime, name, cfg, world_for(config, name), meters).map(|p| p.world())
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,386 @@
+//! The wasmtime side of policies: one engine for the process, components
+//! compiled once per content hash, and calls that each get a fresh store and
+//! instance (from a pre-linked `InstancePre`) with an epoch deadline and a
+//! memory cap, so that a trap, an endless loop or leftover state can never
+//! reach another request. Guests see only the WIT `host` interface and a
+//! random seed for hash maps; every other import (the WASI interfaces a
+//! `wasm32-wasip2` guest's std pulls in) is linked to a trap, so no file,
+//! socket, environment or clock is reachable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap,
+};
+
+use super::bindings::enrich::{profile_edge::policy::host, EnrichPolicyPre};
+use super::bindings::invalidate::InvalidatePolicyPre;
+use super::bindings::{Action, Level, Profile};
+
+/// The epoch ticks every millisecond; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// Largest linear memory any policy may have (the pooling allocator
+/// reserves slots of this size); `memory_limit` is checked against it.
+pub const MAX_MEMORY: usize = 128 * 1024 * 1024;
+/// Log lines a plugin may write per second; more are dropped and counted.
+const LOG_LINES_PER_SEC: u64 = 100;
+
+/// Which contract a component fulfils.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    Enrich,
+    Invalidate,
+}
+
+impl World {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Enrich => "enrich-policy",
+            World::Invalidate => "invalidate-policy",
+        }
+    }
+}
+
+/// How a call ended: the `outcome` label of `profile_edge_plugin_calls_total`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The policy returned an error (or output the proxy cannot use).
+    #[error("policy error: {0}")]
+    Error(String),
+    /// The policy trapped (panic, unreachable, memory cap, a forbidden import).
+    #[error("policy trapped: {0}")]
+    Trap(String),
+    /// The policy ran past its deadline.
+    #[error("policy ran past its deadline of {0:?}")]
+    Timeout(Duration),
+}
+
+impl CallError {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::Error(_) => "error",
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// Per-plugin settings a call runs with.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub memory: usize,
+}
+
+/// What a guest's host imports can see: its name (for logs), its config
+/// as JSON, and a log rate limiter.
+pub struct PluginContext {
+    pub name: String,
+    pub config_json: String,
+    log_window: Mutex<(Instant, u64)>,
+    pub logs_dropped: AtomicU64,
+}
+
+impl PluginContext {
+    pub fn new(name: &str, config_json: String) -> PluginContext {
+        PluginContext {
+            name: name.to_string(),
+            config_json,
+            log_window: Mutex::new((Instant::now(), 0)),
+            logs_dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn may_log(&self) -> bool {
+        let Ok(mut w) = self.log_window.lock() else {
+            return false;
+        };
+        if w.0.elapsed() >= Duration::from_secs(1) {
+            *w = (Instant::now(), 0);
+        }
+        w.1 += 1;
+        w.1 <= LOG_LINES_PER_SEC
+    }
+}
+
+/// A store's data.
+pub struct HostState {
+    limits: StoreLimits,
+    ctx: Arc<PluginContext>,
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if !self.ctx.may_log() {
+            self.ctx.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Bound what a guest can push into our logs per line.
+        let message: String = message.chars().take(1024).collect();
+        let plugin = self.ctx.name.as_str();
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> String {
+        self.ctx.config_json.clone()
+    }
+}
+
+/// A component linked and type-checked against its world, ready to
+/// instantiate cheaply for every call.
+#[derive(Clone)]
+pub enum Prepared {
+    Enrich(EnrichPolicyPre<HostState>),
+    Invalidate(InvalidatePolicyPre<HostState>),
+}
+
+impl Prepared {
+    pub fn world(&self) -> World {
+        match self {
+            Prepared::Enrich(_) => World::Enrich,
+            Prepared::Invalidate(_) => World::Invalidate,
+        }
+    }
+}
+
+/// The process-wide wasmtime engine and the cache of compiled components.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+impl PluginRuntime {
+    /// The shared runtime; its epoch ticker thread starts with it.
+    pub fn global() -> Result<Arc<PluginRuntime>, String> {
+        static RUNTIME: OnceLock<Result<Arc<PluginRuntime>, String>> = OnceLock::new();
+        RUNTIME.get_or_init(PluginRuntime::new).clone()
+    }
+
+    fn new() -> Result<Arc<PluginRuntime>, String> {
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(e) => e,
+            Err(e) => {
+                // Some hosts refuse the pooling allocator's address-space
+                // reservation; instances then cost ~20 us instead of ~1 us.
+                tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand instances");
+                Engine::new(&engine_config(false)).map_err(|e| format!("wasmtime engine: {e}"))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| format!("linking host imports: {e}"))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| format!("starting the epoch ticker: {e}"))?;
+        Ok(Arc::new(PluginRuntime {
+            engine,
+            linker,
+            compiled: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Compiles (or takes from the cache) a component and links it for
+    /// `world`. Errors are written for the operator who deployed the file.
+    pub fn prepare(&self, bytes: &[u8], world: World) -> Result<(Prepared, String), String> {
+        let sha = hex(&Sha256::digest(bytes));
+        let component = self.compile(bytes, &sha)?;
+        let mut linker = self.linker.clone();
+        self.define_hash_seed(&mut linker, &component)
+            .map_err(|e| format!("linking: {e}"))?;
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| format!("linking: {e}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("linking: {e}"))?;
+        let prepared = match world {
+            World::Enrich => EnrichPolicyPre::new(pre).map(Prepared::Enrich),
+            World::Invalidate => InvalidatePolicyPre::new(pre).map(Prepared::Invalidate),
+        }
+        .map_err(|e| {
+            format!(
+                "does not implement world {} of profile-edge:policy@0.1.0 (built for another world or WIT version?): {e:#}",
+                world.as_str()
+            )
+        })?;
+        Ok((prepared, sha))
+    }
+
+    /// Rust's std on `wasm32-wasip2` seeds every `HashMap` from
+    /// `wasi:random/insecure-seed`; it is the one WASI function a policy
+    /// gets (whatever 0.2.x version it was built against), answered with a
+    /// host random seed. It reveals nothing and reaches nothing.
+    fn define_hash_seed(
+        &self,
+        linker: &mut Linker<HostState>,
+        component: &Component,
+    ) -> wasmtime::Result<()> {
+        let names: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| name.starts_with("wasi:random/insecure-seed@0.2"))
+            .collect();
+        for name in names {
+            linker
+                .instance(&name)?
+                .func_wrap("insecure-seed", |_store, (): ()| {
+                    Ok(((rand::random::<u64>(), rand::random::<u64>()),))
+                })?;
+        }
+        Ok(())
+    }
+
+    fn compile(&self, bytes: &[u8], sha: &str) -> Result<Component, String> {
+        if let Some(c) = self.compiled.lock().ok().and_then(|m| m.get(sha).cloned()) {
+            return Ok(c);
+        }
+        if wasmparser_is_core_module(bytes) {
+            return Err("is a core WebAssembly module, not a component: build for wasm32-wasip2 (see plugins/README.md)".into());
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| format!("is not a valid WebAssembly component: {e:#}"))?;
+        if let Ok(mut m) = self.compiled.lock() {
+            m.insert(sha.to_string(), component.clone());
+        }
+        Ok(component)
+    }
+
+    fn store(&self, ctx: &Arc<PluginContext>, limits: &Limits) -> Store<HostState> {
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            ctx: ctx.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // +1: the current tick is already partly over.
+        let ticks = limits.deadline.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// `needed-ids` on a fresh instance.
+    pub fn needed_ids(
+        &self,
+        pre: &EnrichPolicyPre<HostState>,
+        ctx: &Arc<PluginContext>,
+        limits: &Limits,
+        body: &str,
+    ) -> Result<Vec<String>, CallError> {
+        let mut store = self.store(ctx, limits);
+        let run = pre.instantiate(&mut store).and_then(|p| {
+            p.profile_edge_policy_enricher()
+                .call_needed_ids(&mut store, body)
+        });
+        flatten(run, limits)
+    }
+
+    /// `enrich` on a fresh instance.
+    pub fn enrich(
+        &self,
+        pre: &EnrichPolicyPre<HostState>,
+        ctx: &Arc<PluginContext>,
+        limits: &Limits,
+        body: &str,
+        profiles: &[Profile],
+    ) -> Result<String, CallError> {
+        let mut store = self.store(ctx, limits);
+        let run = pre.instantiate(&mut store).and_then(|p| {
+            p.profile_edge_policy_enricher()
+                .call_enrich(&mut store, body, profiles)
+        });
+        flatten(run, limits)
+    }
+
+    /// `on-event` on a fresh instance.
+    pub fn on_event(
+        &self,
+        pre: &InvalidatePolicyPre<HostState>,
+        ctx: &Arc<PluginContext>,
+        limits: &Limits,
+        event: &str,
+    ) -> Result<Vec<Action>, CallError> {
+        let mut store = self.store(ctx, limits);
+        let run = pre.instantiate(&mut store).and_then(|p| {
+            p.profile_edge_policy_invalidator()
+                .call_on_event(&mut store, event)
+        });
+        flatten(run, limits)
+    }
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    cfg.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        // Calls are synchronous and short, so few instances are alive at
+        // once; these bound the slots, not the request concurrency.
+        pool.total_component_instances(256)
+            .total_core_instances(512)
+            .total_memories(256)
+            .total_tables(512)
+            .max_memory_size(MAX_MEMORY);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+/// Maps wasmtime's nested result to a call outcome.
+fn flatten<T>(run: wasmtime::Result<Result<T, String>>, limits: &Limits) -> Result<T, CallError> {
+    match run {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(msg)) => Err(CallError::Error(msg.chars().take(512).collect())),
+        Err(e) => match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Err(CallError::Timeout(limits.deadline)),
+            _ => Err(CallError::Trap(
+                format!("{e:#}").chars().take(512).collect(),
+            )),
+        },
+    }
+}
+
+/// A core module starts with the wasm magic and version 1; a component
+/// with the same magic and a different version/layer field.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a plugin file, with errors that name it.
+pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
