@@ -20,11 +20,11 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 /// (`plugins/build.sh` rebuilds them; the test command runs it first).
 const DEMO_PLUGINS: [(&str, &[u8]); 2] = [
     (
-        "enrich-posts",
+        "plugins/dist/enrich_posts.wasm",
         include_bytes!("../../plugins/dist/enrich_posts.wasm"),
     ),
     (
-        "invalidate-profile",
+        "plugins/dist/invalidate_profile.wasm",
         include_bytes!("../../plugins/dist/invalidate_profile.wasm"),
     ),
 ];
