@@ -98,15 +98,6 @@ impl Demo {
                 up.url = url;
             }
         }
-        let plugin_dir =
-            tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
-        for (name, bytes) in DEMO_PLUGINS {
-            let path = plugin_dir.path().join(format!("{name}.wasm"));
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-            if let Some(p) = config.plugins.get_mut(name) {
-                p.path = path;
-            }
-        }
         let app = App::start(config).await.context("starting the proxy")?;
         Ok(Demo {
             sim,
