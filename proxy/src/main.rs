@@ -67,18 +67,34 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     let file = path.display().to_string();
-    let result =
-        Config::load(path).and_then(|c| profile_edge::state::Runtime::build(c, &file).map(|_| ()));
-    match result {
-        Ok(()) => {
-            println!("{file}: ok");
-            ExitCode::SUCCESS
-        }
+    let config = match Config::load(path) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    if let Err(e) = profile_edge::state::Runtime::build(config.clone(), &file) {
+        eprintln!("{e}");
+        failed = true;
+    }
+    // Every plugin goes through what a load does: compile, type-check
+    // against its world, smoke test.
+    for (name, plugin) in &config.plugins {
+        match profile_edge::plugin::registry::check_plugin(&config, name, plugin) {
+            Ok(world) => println!("{file}: plugins.{name}: ok ({})", world.as_str()),
+            Err(reason) => {
+                eprintln!("{file}: plugins.{name}.path: {reason}");
+                failed = true;
+            }
         }
     }
+    if failed {
+        return ExitCode::FAILURE;
+    }
+    println!("{file}: ok");
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

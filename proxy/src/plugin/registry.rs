@@ -37,7 +37,8 @@ pub struct LoadedPlugin {
     ctx: Arc<PluginContext>,
     limits: Limits,
     runtime: Arc<PluginRuntime>,
-    meters: Meters,
+    /// Set once the smoke test passed: smoke-test calls are not traffic.
+    meters: Option<Meters>,
 }
 
 /// The plugin's metric series, resolved once.
@@ -81,7 +82,9 @@ impl LoadedPlugin {
     fn call<T>(&self, f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> {
         let started = Instant::now();
         let r = f();
-        self.meters.record(started, &r);
+        if let Some(m) = &self.meters {
+            m.record(started, &r);
+        }
         if let Err(e) = &r {
             tracing::warn!(plugin = %self.name, outcome = e.outcome(), error = %e, "policy call failed");
         }
@@ -400,7 +403,7 @@ fn load_plugin(
             .or_else(|_| runtime.prepare(&bytes, World::Invalidate))?,
     };
     let config_json = serde_json::to_string(&cfg.config).unwrap_or_else(|_| "{}".into());
-    let plugin = LoadedPlugin {
+    let mut plugin = LoadedPlugin {
         name: name.to_string(),
         path: cfg.path.clone(),
         sha256,
@@ -413,9 +416,10 @@ fn load_plugin(
             memory: cfg.memory_limit.as_usize(),
         },
         runtime: runtime.clone(),
-        meters,
+        meters: None,
     };
     plugin.smoke_test()?;
+    plugin.meters = Some(meters);
     Ok(plugin)
 }
 

@@ -342,6 +342,9 @@ fn engine_config(pooling: bool) -> Config {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.epoch_interruption(true);
+    // A hot swap compiles on one blocking thread instead of every core, so
+    // that live requests (and their policy deadlines) keep their CPU.
+    cfg.parallel_compilation(false);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
         // Calls are synchronous and short, so few instances are alive at
