@@ -22,9 +22,11 @@ bash plugins/build.sh
 
 echo "==> cargo fmt"
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+(cd plugins && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
 
 echo "==> tests"
 cargo test --workspace

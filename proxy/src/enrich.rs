@@ -53,7 +53,13 @@ pub async fn handle(
         }
     };
     let plugin = state.plugins.get(&route.plugin);
-    let on_error = plugin.as_ref().map_or(OnError::Open, |p| p.on_error);
+    // From the config, so a plugin that never loaded still fails the way
+    // its operator chose.
+    let on_error = rt
+        .config
+        .plugins
+        .get(&route.plugin)
+        .map_or(OnError::Open, |p| p.on_error);
     match enrich_body(plugin, &route.plugin, &bytes, state).await {
         Ok(new) => {
             // The body changed: validators of the old one must not survive.

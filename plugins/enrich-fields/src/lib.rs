@@ -35,8 +35,14 @@ fn settings() -> Settings {
         .unwrap_or("userSnapshot")
         .to_string();
     let fields = match v.get("fields").and_then(Value::as_array) {
-        Some(list) => list.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-        None => ["id", "displayName", "avatarUrl"].map(String::from).to_vec(),
+        Some(list) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        None => ["id", "displayName", "avatarUrl"]
+            .map(String::from)
+            .to_vec(),
     };
     Settings { target, fields }
 }

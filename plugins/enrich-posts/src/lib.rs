@@ -24,7 +24,8 @@ impl Guest for Policy {
         let mut doc = parse(&body)?;
         let mut snapshots: HashMap<String, Value> = HashMap::with_capacity(profiles.len());
         for p in profiles {
-            let v: Value = serde_json::from_str(&p.json).map_err(|e| format!("profile {}: {e}", p.id))?;
+            let v: Value =
+                serde_json::from_str(&p.json).map_err(|e| format!("profile {}: {e}", p.id))?;
             let snapshot = json!({
                 "id": p.id,
                 "displayName": v.get("displayName").cloned().unwrap_or(Value::Null),

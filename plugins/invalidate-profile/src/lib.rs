@@ -15,7 +15,8 @@ struct Policy;
 
 impl Guest for Policy {
     fn on_event(event: String) -> Result<Vec<Action>, String> {
-        let v: Value = serde_json::from_str(&event).map_err(|e| format!("event is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&event).map_err(|e| format!("event is not JSON: {e}"))?;
         let kind = v.get("type").and_then(Value::as_str).unwrap_or_default();
         let user = || {
             v.get("userId")
@@ -26,11 +27,17 @@ impl Guest for Policy {
         match kind {
             "profile-updated" => {
                 let id = user()?;
-                Ok(vec![Action::Refresh(id.clone()), Action::RefreshPostSnapshots(id)])
+                Ok(vec![
+                    Action::Refresh(id.clone()),
+                    Action::RefreshPostSnapshots(id),
+                ])
             }
             "profile-deleted" => {
                 let id = user()?;
-                Ok(vec![Action::Invalidate(id.clone()), Action::RefreshPostSnapshots(id)])
+                Ok(vec![
+                    Action::Invalidate(id.clone()),
+                    Action::RefreshPostSnapshots(id),
+                ])
             }
             other => {
                 log(Level::Debug, &format!("ignoring event type {other:?}"));

@@ -11,12 +11,18 @@ pub fn posts_mut(doc: &mut Value) -> Vec<&mut Map<String, Value>> {
     };
     if obj.contains_key("posts") {
         return match obj.get_mut("posts") {
-            Some(Value::Array(posts)) => posts.iter_mut().filter_map(Value::as_object_mut).collect(),
+            Some(Value::Array(posts)) => {
+                posts.iter_mut().filter_map(Value::as_object_mut).collect()
+            }
             _ => Vec::new(),
         };
     }
     if obj.contains_key("post") {
-        return obj.get_mut("post").and_then(Value::as_object_mut).into_iter().collect();
+        return obj
+            .get_mut("post")
+            .and_then(Value::as_object_mut)
+            .into_iter()
+            .collect();
     }
     if obj.contains_key("userId") {
         return vec![obj];
@@ -48,7 +54,8 @@ mod tests {
 
     #[test]
     fn finds_posts_in_every_shape() {
-        let mut feed = parse(r#"{"posts":[{"userId":"a"},{"userId":"b"},{"userId":"a"}]}"#).unwrap();
+        let mut feed =
+            parse(r#"{"posts":[{"userId":"a"},{"userId":"b"},{"userId":"a"}]}"#).unwrap();
         assert_eq!(author_ids(&mut feed), vec!["a", "b"]);
         let mut note = parse(r#"{"type":"new-post","post":{"userId":"c"}}"#).unwrap();
         assert_eq!(author_ids(&mut note), vec!["c"]);

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::bindings::{Action, Profile};
 use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prepared, World};
-use crate::config::{Config, OnError, PluginConfig};
+use crate::config::{Config, PluginConfig};
 use crate::metrics::Metrics;
 
 /// The canned input of the smoke test. A policy must handle it without
@@ -32,7 +32,6 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     pub sha256: String,
     pub loaded_at: SystemTime,
-    pub on_error: OnError,
     prepared: Prepared,
     ctx: Arc<PluginContext>,
     limits: Limits,
@@ -408,7 +407,6 @@ fn load_plugin(
         path: cfg.path.clone(),
         sha256,
         loaded_at: SystemTime::now(),
-        on_error: cfg.on_error,
         prepared,
         ctx: Arc::new(PluginContext::new(name, config_json)),
         limits: Limits {

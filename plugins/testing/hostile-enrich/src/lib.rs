@@ -23,7 +23,10 @@ struct Policy;
 
 fn mode() -> String {
     let v: Value = serde_json::from_str(&config()).unwrap_or(Value::Null);
-    v.get("mode").and_then(Value::as_str).unwrap_or("ok").to_string()
+    v.get("mode")
+        .and_then(Value::as_str)
+        .unwrap_or("ok")
+        .to_string()
 }
 
 fn misbehave(body: &str) -> Result<(), String> {
