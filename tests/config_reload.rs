@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -183,11 +182,7 @@ fn check_exits_1_naming_the_bad_key_and_0_on_a_good_file() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, config_text("http://127.0.0.1:7001", "")).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = run_check(&good);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -215,11 +210,7 @@ fn check_exits_1_naming_the_bad_key_and_0_on_a_good_file() {
             config_text("http://127.0.0.1:7001", "").replace(from, to),
         )
         .unwrap();
-        let out = Command::new(bin())
-            .args(["check", "--config"])
-            .arg(&bad)
-            .output()
-            .unwrap();
+        let out = run_check(&bad);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{to}: {stderr}");
         let line = stderr.lines().next().unwrap_or_default();
@@ -236,23 +227,14 @@ fn check_exits_1_naming_the_bad_key_and_0_on_a_good_file() {
         "[upstreams.officer]\nurl = \"x\"\n[profiles]\nmax_request_ids = 0\n[coalescing]\nmax_batch = 0\n",
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run_check(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
 
     // The shipped example config is valid.
     let shipped = repo_root().join("config/profile-edge.toml");
-    let out = Command::new(bin())
-        .current_dir(repo_root())
-        .args(["check", "--config"])
-        .arg(&shipped)
-        .output()
-        .unwrap();
+    let out = run_check(&shipped);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +27,8 @@ fn wasm(rel: &str) -> PathBuf {
 }
 
 fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Config with the sim as Officer and Posts, and one enrich route on
@@ -60,13 +60,20 @@ fn snapshots(body: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
     let sim = sim_origin(5000, Duration::from_millis(20)).await;
-    let app = start_proxy(&enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), ""))).await;
+    let app = start_proxy(&enrich_config(
+        &sim,
+        &plugin_at(&wasm("enrich_posts.wasm"), ""),
+    ))
+    .await;
     let c = client();
     let url = format!("http://{}/api/posts?limit=20", app.main_addr());
 
     let (status, headers, body) = get(&c, &url).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["content-length"].to_str().unwrap(), body.len().to_string());
+    assert_eq!(
+        headers["content-length"].to_str().unwrap(),
+        body.len().to_string()
+    );
     let doc = json(&body);
     let posts = doc["posts"].as_array().unwrap();
     assert_eq!(posts.len(), 20);
@@ -80,7 +87,11 @@ async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
         assert!(post["text"].is_string(), "the post's own fields stay");
     }
     let stats = sim.stats();
-    assert_eq!(stats.batch_calls.load(Ordering::SeqCst), 1, "one batch for the whole feed");
+    assert_eq!(
+        stats.batch_calls.load(Ordering::SeqCst),
+        1,
+        "one batch for the whole feed"
+    );
     assert_eq!(stats.single_calls.load(Ordering::SeqCst), 0);
     assert!(stats.batch_sizes()[0] <= 50);
 
@@ -93,7 +104,11 @@ async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
     let (_, _, one) = get(&c, &format!("http://{}/api/posts/p000003", app.main_addr())).await;
     let one = json(&one);
     assert_eq!(one["userSnapshot"]["id"], one["userId"]);
-    let (_, _, note) = get(&c, &format!("http://{}/api/posts/notifications/new", app.main_addr())).await;
+    let (_, _, note) = get(
+        &c,
+        &format!("http://{}/api/posts/notifications/new", app.main_addr()),
+    )
+    .await;
     let note = json(&note);
     assert_eq!(note["post"]["userSnapshot"]["id"], note["post"]["userId"]);
 
@@ -102,22 +117,39 @@ async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(json(&body).get("userSnapshot").is_none());
     let ok = r#"profile_edge_plugin_calls_total{outcome="ok",plugin="feed"}"#;
-    assert_eq!(metric(&c, app.admin_addr(), ok).await, 8.0, "two calls per enriched answer, none for the 404");
+    assert_eq!(
+        metric(&c, app.admin_addr(), ok).await,
+        8.0,
+        "two calls per enriched answer, none for the 404"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn over_size_answers_pass_through_unenriched() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let text = enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), ""))
-        .replace("plugin = \"feed\"\n", "plugin = \"feed\"\nmax_body_size = \"1KiB\"\n");
+    let text = enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), "")).replace(
+        "plugin = \"feed\"\n",
+        "plugin = \"feed\"\nmax_body_size = \"1KiB\"\n",
+    );
     let app = start_proxy(&text).await;
     let c = client();
-    let (status, _, body) = get(&c, &format!("http://{}/api/posts?limit=20", app.main_addr())).await;
+    let (status, _, body) = get(
+        &c,
+        &format!("http://{}/api/posts?limit=20", app.main_addr()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let doc = json(&body);
-    assert_eq!(doc["posts"].as_array().unwrap().len(), 20, "the whole body arrived");
-    assert!(snapshots(&doc).iter().all(Value::is_null), "an over-size body was enriched");
+    assert_eq!(
+        doc["posts"].as_array().unwrap().len(),
+        20,
+        "the whole body arrived"
+    );
+    assert!(
+        snapshots(&doc).iter().all(Value::is_null),
+        "an over-size body was enriched"
+    );
     assert_eq!(sim.stats().origin_calls(), 0);
     app.shutdown().await;
 }
@@ -135,26 +167,43 @@ async fn hostile(sim: &SimOrigin, mode: &str, on_error: &str) -> profile_edge::A
 async fn hostile_policies_are_contained() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
     let c = client();
-    for (mode, outcome) in [("spin", "timeout"), ("hog", "trap"), ("trap", "trap"), ("error", "error")] {
+    for (mode, outcome) in [
+        ("spin", "timeout"),
+        ("hog", "trap"),
+        ("trap", "trap"),
+        ("error", "error"),
+    ] {
         for on_error in ["open", "closed"] {
             let app = hostile(&sim, mode, on_error).await;
             let feed = format!("http://{}/api/posts?limit=5", app.main_addr());
             let profile = format!("http://{}/api/users/{}", app.main_addr(), user_id(1));
             // The bad call and an unrelated request at the same time.
             let (bad, other) = tokio::join!(get(&c, &feed), get(&c, &profile));
-            assert_eq!(other.0, StatusCode::OK, "{mode}: a neighbouring request failed");
+            assert_eq!(
+                other.0,
+                StatusCode::OK,
+                "{mode}: a neighbouring request failed"
+            );
             match on_error {
                 "open" => {
                     assert_eq!(bad.0, StatusCode::OK, "{mode}");
-                    assert!(snapshots(&json(&bad.2)).iter().all(Value::is_null), "{mode}: not the unenriched body");
+                    assert!(
+                        snapshots(&json(&bad.2)).iter().all(Value::is_null),
+                        "{mode}: not the unenriched body"
+                    );
                 }
                 _ => {
                     assert_eq!(bad.0, StatusCode::BAD_GATEWAY, "{mode}");
                     assert_eq!(error_json(&bad.2)["error"], "bad_gateway");
                 }
             }
-            let series = format!("profile_edge_plugin_calls_total{{outcome=\"{outcome}\",plugin=\"feed\"}}");
-            assert_eq!(metric(&c, app.admin_addr(), &series).await, 1.0, "{mode}/{on_error}");
+            let series =
+                format!("profile_edge_plugin_calls_total{{outcome=\"{outcome}\",plugin=\"feed\"}}");
+            assert_eq!(
+                metric(&c, app.admin_addr(), &series).await,
+                1.0,
+                "{mode}/{on_error}"
+            );
             // And it keeps serving after: the next call fails the same way, cleanly.
             let again = get(&c, &feed).await;
             assert_eq!(again.0, bad.0, "{mode}: the second call differs");
@@ -172,7 +221,11 @@ async fn no_state_leaks_from_one_call_into_the_next() {
     for _ in 0..5 {
         let (status, _, body) = get(&c, &feed).await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(json(&body)["policyCalls"], 1, "a global survived into another call");
+        assert_eq!(
+            json(&body)["policyCalls"],
+            1,
+            "a global survived into another call"
+        );
     }
     app.shutdown().await;
 }
@@ -197,14 +250,22 @@ async fn log_floods_are_rate_limited() {
 async fn broken_components_are_refused_at_load_with_a_clear_message() {
     let sim = sim_origin(10, Duration::from_millis(1)).await;
     let dir = tempfile::tempdir().unwrap();
-    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let garbage = dir.path().join("random.wasm");
     std::fs::write(&garbage, random).unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let cases = [
-        (wasm("invalidate_profile.wasm"), "does not implement world enrich-policy"),
-        (wasm("testing/wrong_version.wasm"), "does not implement world enrich-policy"),
+        (
+            wasm("invalidate_profile.wasm"),
+            "does not implement world enrich-policy",
+        ),
+        (
+            wasm("testing/wrong_version.wasm"),
+            "does not implement world enrich-policy",
+        ),
         (garbage, "not a valid WebAssembly component"),
         (core, "core WebAssembly module"),
     ];
@@ -246,7 +307,12 @@ async fn a_policy_swapped_under_load_serves_within_two_seconds_without_a_failed_
     let mut clients = Vec::new();
     for _ in 0..4 {
         let (c, feed) = (client(), feed.clone());
-        let (stop, failed, unenriched, served) = (stop.clone(), failed.clone(), unenriched.clone(), served.clone());
+        let (stop, failed, unenriched, served) = (
+            stop.clone(),
+            failed.clone(),
+            unenriched.clone(),
+            served.clone(),
+        );
         let (swapped_at, first_v2) = (swapped_at.clone(), first_v2.clone());
         clients.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
@@ -288,22 +354,48 @@ async fn a_policy_swapped_under_load_serves_within_two_seconds_without_a_failed_
     let served = served.load(Ordering::SeqCst);
     eprintln!("served {served} responses during the swaps");
     let (_, _, m) = get(&client(), &format!("http://{}/metrics", app.admin_addr())).await;
-    for l in String::from_utf8_lossy(&m).lines().filter(|l| l.starts_with("profile_edge_plugin_calls")) {
+    for l in String::from_utf8_lossy(&m)
+        .lines()
+        .filter(|l| l.starts_with("profile_edge_plugin_calls"))
+    {
         eprintln!("{l}");
     }
     assert!(served > 100, "the clients hardly ran ({served})");
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests during the swap");
-    assert_eq!(unenriched.load(Ordering::SeqCst), 0, "unenriched responses during the swap");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests during the swap"
+    );
+    assert_eq!(
+        unenriched.load(Ordering::SeqCst),
+        0,
+        "unenriched responses during the swap"
+    );
     let swap = swapped_at.lock().unwrap().unwrap();
     let v2 = first_v2.lock().unwrap().expect("v2 never served");
-    assert!(v2.duration_since(swap) < Duration::from_secs(2), "v2 took {:?}", v2.duration_since(swap));
+    assert!(
+        v2.duration_since(swap) < Duration::from_secs(2),
+        "v2 took {:?}",
+        v2.duration_since(swap)
+    );
 
     let c = client();
     let (_, _, body) = get(&c, &feed).await;
-    assert!(snapshots(&json(&body)).iter().all(|s| s.get("location").is_some()), "v2 no longer serving");
+    assert!(
+        snapshots(&json(&body))
+            .iter()
+            .all(|s| s.get("location").is_some()),
+        "v2 no longer serving"
+    );
     let (_, _, list) = get(&c, &format!("http://{}/admin/plugins", app.admin_addr())).await;
     let list = json(&list);
-    assert!(list["plugins"][0]["last_error"].as_str().unwrap().contains("not a valid"), "{list}");
+    assert!(
+        list["plugins"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid"),
+        "{list}"
+    );
     let ok = r#"profile_edge_reloads_total{kind="plugin",outcome="ok"}"#;
     let rejected = r#"profile_edge_reloads_total{kind="plugin",outcome="rejected"}"#;
     assert_eq!(metric(&c, app.admin_addr(), ok).await, 1.0);
@@ -328,8 +420,15 @@ async fn plugins_come_and_go_with_config_reloads() {
     // No enrich route yet: /api/posts goes to the Officer (404 there).
     assert_eq!(get(&c, &feed).await.0, StatusCode::NOT_FOUND);
 
-    std::fs::write(&path, enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), ""))).unwrap();
-    assert_eq!(send(&c, Method::POST, &reload, &[], "").await.0, StatusCode::OK);
+    std::fs::write(
+        &path,
+        enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), "")),
+    )
+    .unwrap();
+    assert_eq!(
+        send(&c, Method::POST, &reload, &[], "").await.0,
+        StatusCode::OK
+    );
     let (status, _, body) = get(&c, &feed).await;
     assert_eq!(status, StatusCode::OK);
     assert!(snapshots(&json(&body)).iter().all(Value::is_object));
@@ -337,7 +436,10 @@ async fn plugins_come_and_go_with_config_reloads() {
     assert_eq!(json(&list)["plugins"][0]["world"], "enrich-policy");
 
     std::fs::write(&path, &posts_only).unwrap();
-    assert_eq!(send(&c, Method::POST, &reload, &[], "").await.0, StatusCode::OK);
+    assert_eq!(
+        send(&c, Method::POST, &reload, &[], "").await.0,
+        StatusCode::OK
+    );
     assert_eq!(get(&c, &feed).await.0, StatusCode::NOT_FOUND);
     let (_, _, list) = get(&c, &format!("http://{}/admin/plugins", app.admin_addr())).await;
     assert_eq!(json(&list)["plugins"].as_array().unwrap().len(), 0);
@@ -352,13 +454,21 @@ fn events_config(sim: &SimOrigin, invalidation: &str) -> String {
     .replace("[admin]\n", "[admin]\ntoken = \"t0ken\"\n")
 }
 
-async fn post_event(c: &HttpClient, app: &profile_edge::App, body: &str, token: &str) -> (StatusCode, Value) {
+async fn post_event(
+    c: &HttpClient,
+    app: &profile_edge::App,
+    body: &str,
+    token: &str,
+) -> (StatusCode, Value) {
     let auth = format!("Bearer {token}");
     let (status, _, out) = send(
         c,
         Method::POST,
         &format!("http://{}/admin/events", app.admin_addr()),
-        &[("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
         body.to_string(),
     )
     .await;
@@ -368,13 +478,21 @@ async fn post_event(c: &HttpClient, app: &profile_edge::App, body: &str, token: 
 #[tokio::test]
 async fn a_profile_updated_event_makes_the_next_lookup_return_the_new_profile() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let app = start_proxy(&events_config(&sim, &plugin_at(&wasm("invalidate_profile.wasm"), ""))).await;
+    let app = start_proxy(&events_config(
+        &sim,
+        &plugin_at(&wasm("invalidate_profile.wasm"), ""),
+    ))
+    .await;
     let c = client();
     let id = user_id(5);
     let url = format!("http://{}/api/users/{id}", app.main_addr());
     assert_eq!(json(&get(&c, &url).await.2)["version"], 1);
     assert!(sim.update_user(&id));
-    assert_eq!(json(&get(&c, &url).await.2)["version"], 1, "still cached, as expected");
+    assert_eq!(
+        json(&get(&c, &url).await.2)["version"],
+        1,
+        "still cached, as expected"
+    );
 
     let event = format!("{{\"type\": \"profile-updated\", \"userId\": \"{id}\"}}");
     let (status, _) = post_event(&c, &app, &event, "wrong").await;
@@ -395,12 +513,18 @@ async fn a_profile_updated_event_makes_the_next_lookup_return_the_new_profile() 
     for (bad, field) in [
         ("nope", "JSON"),
         ("{\"userId\": \"abc\"}", "type"),
-        ("{\"type\": \"profile-updated\", \"userId\": \"../etc\"}", "userId"),
+        (
+            "{\"type\": \"profile-updated\", \"userId\": \"../etc\"}",
+            "userId",
+        ),
         ("{\"type\": \"profile-updated\", \"userId\": 7}", "userId"),
     ] {
         let (status, out) = post_event(&c, &app, bad, "t0ken").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
-        assert!(out["detail"].as_str().unwrap().contains(field), "{bad}: {out}");
+        assert!(
+            out["detail"].as_str().unwrap().contains(field),
+            "{bad}: {out}"
+        );
     }
     app.shutdown().await;
 }
@@ -409,7 +533,10 @@ async fn a_profile_updated_event_makes_the_next_lookup_return_the_new_profile() 
 async fn a_failing_invalidation_policy_still_invalidates_the_user() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
     for mode in ["trap", "spin", "error"] {
-        let section = plugin_at(&wasm("testing/hostile_invalidate.wasm"), &format!("config = {{ mode = \"{mode}\" }}\n"));
+        let section = plugin_at(
+            &wasm("testing/hostile_invalidate.wasm"),
+            &format!("config = {{ mode = \"{mode}\" }}\n"),
+        );
         let app = start_proxy(&events_config(&sim, &section)).await;
         let c = client();
         let id = user_id(6);
@@ -419,9 +546,19 @@ async fn a_failing_invalidation_policy_still_invalidates_the_user() {
         let event = format!("{{\"type\": \"profile-updated\", \"userId\": \"{id}\"}}");
         let (status, out) = post_event(&c, &app, &event, "t0ken").await;
         assert_eq!(status, StatusCode::OK, "{out}");
-        assert!(out["policy_result"].as_str().unwrap().contains("invalidated userId instead"), "{out}");
+        assert!(
+            out["policy_result"]
+                .as_str()
+                .unwrap()
+                .contains("invalidated userId instead"),
+            "{out}"
+        );
         assert_eq!(out["actions"][0]["action"], "invalidate");
-        assert_eq!(json(&get(&c, &url).await.2)["version"].as_u64().unwrap(), before + 1, "{mode}");
+        assert_eq!(
+            json(&get(&c, &url).await.2)["version"].as_u64().unwrap(),
+            before + 1,
+            "{mode}"
+        );
         app.shutdown().await;
     }
 }
@@ -437,17 +574,33 @@ fn check_validates_the_plugins_a_config_names() {
             path.display()
         )
     };
-    std::fs::write(&good, config_text("http://127.0.0.1:7001", &section(&wasm("enrich_posts.wasm")))).unwrap();
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &good,
+        config_text(
+            "http://127.0.0.1:7001",
+            &section(&wasm("enrich_posts.wasm")),
+        ),
+    )
+    .unwrap();
+    let out = run_check(&good);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugins.feed: ok (enrich-policy)"));
 
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"junk").unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, config_text("http://127.0.0.1:7001", &section(&junk))).unwrap();
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&bad).output().unwrap();
+    let out = run_check(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("plugins.feed.path") && stderr.contains("not a valid WebAssembly component"), "{stderr}");
+    assert!(
+        stderr.contains("plugins.feed.path")
+            && stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
 }

@@ -80,7 +80,8 @@ impl Demo {
         .await
         .context("starting the simulated Officer and Posts API")?;
         // The plugin files first: the config names them and must find them.
-        let plugin_dir = tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
+        let plugin_dir =
+            tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
         let mut text = DEMO_CONFIG.to_string();
         for (config_path, bytes) in DEMO_PLUGINS {
             let file = config_path.rsplit('/').next().unwrap_or(config_path);
@@ -89,8 +90,8 @@ impl Demo {
             let quoted = toml::Value::String(path.display().to_string()).to_string();
             text = text.replace(&format!("\"{config_path}\""), &quoted);
         }
-        let mut config =
-            Config::parse(&text, "config/demo.toml").context("the built-in demo config is invalid")?;
+        let mut config = Config::parse(&text, "config/demo.toml")
+            .context("the built-in demo config is invalid")?;
         config.server.listen = opts.listen;
         config.admin.listen = opts.admin;
         for (name, url) in [("officer", sim.officer_url()), ("posts", sim.posts_url())] {

@@ -301,6 +301,16 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_profile-edge"))
 }
 
+/// Runs `profile-edge check --config FILE` from the repository root.
+pub fn run_check(config: &Path) -> std::process::Output {
+    Command::new(bin())
+        .current_dir(repo_root())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("running profile-edge check")
+}
+
 /// The repository root (for config/ and plugins/ paths).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -99,6 +99,20 @@ impl RedisTier {
         }
     }
 
+    /// `DEL` of the ids' keys, under the breaker and the timeout.
+    async fn delete(&self, ids: &[String]) -> Result<(), TierError> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let mut conn = self.conn.clone();
+        self.call(async move {
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
     fn remember_removes(&self, ids: &[String]) {
         let Ok(mut pending) = self.pending_removes.lock() else {
             return;
@@ -132,17 +146,7 @@ async fn retry_removes(tier: Weak<RedisTier>) {
         if ids.is_empty() {
             continue;
         }
-        let keys: Vec<String> = ids.iter().map(|id| tier.key(id)).collect();
-        let mut conn = tier.conn.clone();
-        let done = tier
-            .call(async move {
-                redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
-            .await;
-        if done.is_ok() {
+        if tier.delete(&ids).await.is_ok() {
             if let Ok(mut pending) = tier.pending_removes.lock() {
                 for id in &ids {
                     pending.remove(id);
@@ -209,19 +213,10 @@ impl Tier for RedisTier {
         if ids.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let mut conn = self.conn.clone();
-        let result = self
-            .call(async move {
-                redis::cmd("DEL")
-                    .arg(&keys)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
-            .await;
+        let result = self.delete(ids).await;
         if result.is_err() {
             self.remember_removes(ids);
         }
-        result.map(|_| ())
+        result
     }
 }
