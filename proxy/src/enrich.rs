@@ -42,7 +42,15 @@ pub async fn handle(
         return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
-    let bytes = match read_up_to(body, limit).await {
+    // The upstream timeout covers the head; reading the body to enrich it
+    // gets the same budget again, so a stalled body cannot hold the request.
+    let read = tokio::time::timeout(upstream.timeout(), read_up_to(body, limit))
+        .await
+        .map_err(|_| ProxyError::GatewayTimeout {
+            upstream: route.upstream.clone(),
+            timeout: humantime::format_duration(upstream.timeout()).to_string(),
+        })?;
+    let bytes = match read {
         Read::Whole(b) => b,
         Read::TooBig(body) => return Ok(Response::from_parts(parts, body)),
         Read::Failed(e) => {
