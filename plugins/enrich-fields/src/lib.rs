@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use post_shape::{author_ids, parse, posts_mut};
+use post_shape::{author_ids_of, parse, posts_mut};
 use serde_json::{Map, Value};
 
 wit_bindgen::generate!({ world: "enrich-policy", path: "../wit" });
@@ -49,7 +49,7 @@ fn settings() -> Settings {
 
 impl Guest for Policy {
     fn needed_ids(body: String) -> Result<Vec<String>, String> {
-        Ok(author_ids(&mut parse(&body)?))
+        author_ids_of(&body)
     }
 
     fn enrich(body: String, profiles: Vec<Profile>) -> Result<String, String> {

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use post_shape::{author_ids, parse, posts_mut};
-use serde_json::{json, Value};
+use post_shape::{author_ids_of, splice_snapshots, SnapshotFields};
+use serde::Serialize;
 
 wit_bindgen::generate!({ world: "enrich-policy", path: "../wit" });
 
@@ -15,33 +15,35 @@ use profile_edge::policy::types::Profile;
 
 struct Policy;
 
+/// What a post carries about its author.
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    id: &'a str,
+    #[serde(rename = "displayName")]
+    display_name: Option<&'a str>,
+    #[serde(rename = "avatarUrl")]
+    avatar_url: Option<&'a str>,
+}
+
 impl Guest for Policy {
     fn needed_ids(body: String) -> Result<Vec<String>, String> {
-        Ok(author_ids(&mut parse(&body)?))
+        author_ids_of(&body)
     }
 
     fn enrich(body: String, profiles: Vec<Profile>) -> Result<String, String> {
-        let mut doc = parse(&body)?;
-        let mut snapshots: HashMap<String, Value> = HashMap::with_capacity(profiles.len());
+        let mut snapshots: HashMap<String, String> = HashMap::with_capacity(profiles.len());
         for p in profiles {
-            let v: Value =
+            let f: SnapshotFields =
                 serde_json::from_str(&p.json).map_err(|e| format!("profile {}: {e}", p.id))?;
-            let snapshot = json!({
-                "id": p.id,
-                "displayName": v.get("displayName").cloned().unwrap_or(Value::Null),
-                "avatarUrl": v.get("avatarUrl").cloned().unwrap_or(Value::Null),
-            });
+            let snapshot = serde_json::to_string(&Snapshot {
+                id: &p.id,
+                display_name: f.display_name.as_deref(),
+                avatar_url: f.avatar_url.as_deref(),
+            })
+            .map_err(|e| e.to_string())?;
             snapshots.insert(p.id, snapshot);
         }
-        for post in posts_mut(&mut doc) {
-            let snapshot = post
-                .get("userId")
-                .and_then(Value::as_str)
-                .and_then(|id| snapshots.get(id).cloned())
-                .unwrap_or(Value::Null);
-            post.insert("userSnapshot".into(), snapshot);
-        }
-        serde_json::to_string(&doc).map_err(|e| e.to_string())
+        splice_snapshots(&body, "userSnapshot", &snapshots)
     }
 }
 

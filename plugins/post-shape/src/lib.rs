@@ -2,6 +2,11 @@
 //! (`{"posts": [...]}`), a new-post notification (`{"post": {...}}`), or a
 //! single post (an object with `userId`).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The post objects of a body, whatever its shape.
@@ -43,6 +48,191 @@ pub fn author_ids(doc: &mut Value) -> Vec<String> {
     ids
 }
 
+/// Only the fields that name authors; everything else in the body is
+/// skipped without being built, which is most of `needed-ids`' time saved.
+#[derive(Deserialize)]
+struct Shape<'a> {
+    #[serde(borrow, default)]
+    posts: Option<Vec<Author<'a>>>,
+    #[serde(borrow, default)]
+    post: Option<Author<'a>>,
+    #[serde(borrow, default, rename = "userId")]
+    user_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Author<'a> {
+    #[serde(borrow, default, rename = "userId")]
+    user_id: Option<Cow<'a, str>>,
+}
+
+/// The distinct authors of a body's posts, reading nothing else: the same
+/// answer as `author_ids`, for the shapes `posts_mut` knows.
+pub fn author_ids_of(body: &str) -> Result<Vec<String>, String> {
+    let shape: Shape =
+        serde_json::from_str(body).map_err(|e| format!("body is not a posts document: {e}"))?;
+    let found: Vec<Cow<str>> = match (shape.posts, shape.post, shape.user_id) {
+        (Some(posts), _, _) => posts.into_iter().filter_map(|p| p.user_id).collect(),
+        (None, Some(post), _) => post.user_id.into_iter().collect(),
+        (None, None, Some(id)) => vec![id],
+        (None, None, None) => Vec::new(),
+    };
+    let mut ids: Vec<String> = Vec::with_capacity(found.len());
+    for id in found {
+        if !ids.iter().any(|x| *x == id) {
+            ids.push(id.into_owned());
+        }
+    }
+    Ok(ids)
+}
+
+/// The fields of a profile a snapshot usually needs, read without building
+/// the whole profile.
+#[derive(Deserialize)]
+pub struct SnapshotFields<'a> {
+    #[serde(borrow, default, rename = "displayName")]
+    pub display_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "avatarUrl")]
+    pub avatar_url: Option<Cow<'a, str>>,
+}
+
+/// A JSON object read as its entries, in order, values left as raw text.
+struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<RawObject<'de>, M::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(RawObject(out))
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+/// Writes `field` into every post of a body: the JSON text `snapshots`
+/// holds for the post's `userId`, `null` when it holds none. The body is not
+/// rebuilt: each post's text gets the new field spliced in before its
+/// closing brace, so the cost is a scan and a copy. A post that already has
+/// the field is rewritten through a full parse, so the field is replaced,
+/// never duplicated.
+pub fn splice_snapshots(
+    body: &str,
+    field: &str,
+    snapshots: &HashMap<String, String>,
+) -> Result<String, String> {
+    let top: RawObject =
+        serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+    let key_json = serde_json::to_string(field).map_err(|e| e.to_string())?;
+    let splice = Splice {
+        field,
+        key_json: &key_json,
+        snapshots,
+    };
+    let has = |k: &str| top.0.iter().any(|(key, _)| key == k);
+    if !has("posts") && !has("post") {
+        return if has("userId") {
+            // A single post: the body itself.
+            splice.post_entries(body.trim(), &top)
+        } else {
+            Ok(body.to_string())
+        };
+    }
+    let target = if has("posts") { "posts" } else { "post" };
+    let mut out = String::with_capacity(body.len() + 2048);
+    out.push('{');
+    for (i, (key, raw)) in top.0.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
+        out.push(':');
+        if key != target {
+            out.push_str(raw.get());
+        } else if target == "post" {
+            out.push_str(&splice.post(raw.get())?);
+        } else {
+            match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(posts) => {
+                    out.push('[');
+                    for (j, post) in posts.iter().enumerate() {
+                        if j > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&splice.post(post.get())?);
+                    }
+                    out.push(']');
+                }
+                // `posts` that is not an array is left as it is.
+                Err(_) => out.push_str(raw.get()),
+            }
+        }
+    }
+    out.push('}');
+    Ok(out)
+}
+
+struct Splice<'s> {
+    field: &'s str,
+    key_json: &'s str,
+    snapshots: &'s HashMap<String, String>,
+}
+
+impl Splice<'_> {
+    fn post(&self, post: &str) -> Result<String, String> {
+        let trimmed = post.trim();
+        if !trimmed.starts_with('{') {
+            return Ok(post.to_string()); // not an object: nothing to enrich
+        }
+        let entries: RawObject = serde_json::from_str(trimmed).map_err(|e| e.to_string())?;
+        self.post_entries(trimmed, &entries)
+    }
+
+    /// `text` is a JSON object whose entries are `entries`.
+    fn post_entries(&self, text: &str, entries: &RawObject) -> Result<String, String> {
+        let author = entries
+            .0
+            .iter()
+            .find(|(k, _)| k == "userId")
+            .and_then(|(_, v)| serde_json::from_str::<Cow<str>>(v.get()).ok());
+        let snap = author
+            .as_deref()
+            .and_then(|id| self.snapshots.get(id))
+            .map_or("null", String::as_str);
+        if entries.0.iter().any(|(k, _)| k == self.field) {
+            let mut v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let snap: Value = serde_json::from_str(snap).map_err(|e| e.to_string())?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(self.field.to_string(), snap);
+            }
+            return serde_json::to_string(&v).map_err(|e| e.to_string());
+        }
+        let inner = text[..text.len() - 1].trim_end();
+        let mut out = String::with_capacity(text.len() + self.key_json.len() + snap.len() + 2);
+        out.push_str(inner);
+        if !entries.0.is_empty() {
+            out.push(',');
+        }
+        out.push_str(self.key_json);
+        out.push(':');
+        out.push_str(snap);
+        out.push('}');
+        Ok(out)
+    }
+}
+
 /// Parses a body, with an error a policy can hand back to the proxy.
 pub fn parse(body: &str) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))
@@ -51,6 +241,50 @@ pub fn parse(body: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_reader_agrees_with_the_full_one() {
+        for body in [
+            r#"{"posts":[{"userId":"a","x":{"deep":[1,2]}},{"userId":"b"},{"userId":"a"},{"id":"no-author"}]}"#,
+            r#"{"type":"new-post","post":{"userId":"c","text":"esc\"aped"}}"#,
+            r#"{"id":"p1","userId":"d"}"#,
+            r#"{"other":true}"#,
+        ] {
+            let mut doc = parse(body).unwrap();
+            assert_eq!(author_ids_of(body).unwrap(), author_ids(&mut doc), "{body}");
+        }
+        assert!(author_ids_of("[1,2]").is_err());
+    }
+
+    /// The splice must give what a full parse-insert-serialize gives.
+    #[test]
+    fn splicing_matches_the_full_rewrite() {
+        let snapshots: HashMap<String, String> =
+            [("a".to_string(), r#"{"id":"a","n":1}"#.to_string())].into();
+        let snap = |id: Option<&str>| {
+            id.and_then(|i| snapshots.get(i).cloned())
+                .unwrap_or_else(|| "null".to_string())
+        };
+        for body in [
+            r#"{"posts":[{"id":1,"userId":"a"},{"id":2,"userId":"b"},{},{"userId":"a","userSnapshot":{"old":true}}],"next":2}"#,
+            r#"{"type":"new-post","post":{"userId":"a","text":"x \"y\" }"}}"#,
+            r#"{"id":"p1","userId":"a"}"#,
+            r#"{"other":true}"#,
+            r#"{"posts":"not a list"}"#,
+            r#" { "posts" : [ { "userId" : "a" } ] } "#,
+        ] {
+            let spliced: Value =
+                serde_json::from_str(&splice_snapshots(body, "userSnapshot", &snapshots).unwrap())
+                    .unwrap();
+            let mut full = parse(body).unwrap();
+            for post in posts_mut(&mut full) {
+                let s = snap(post.get("userId").and_then(Value::as_str));
+                post.insert("userSnapshot".into(), serde_json::from_str(&s).unwrap());
+            }
+            assert_eq!(spliced, full, "{body}");
+        }
+        assert!(splice_snapshots("[1]", "f", &snapshots).is_err());
+    }
 
     #[test]
     fn finds_posts_in_every_shape() {

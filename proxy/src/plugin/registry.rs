@@ -429,6 +429,23 @@ pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<W
     load_plugin(&runtime, name, cfg, world_for(config, name), meters).map(|p| p.world())
 }
 
+/// Loads one plugin outside a running proxy, for the `policy_cost` example.
+pub fn load_for_bench(config: &Config, name: &str) -> Result<LoadedPlugin, String> {
+    let cfg = config
+        .plugins
+        .get(name)
+        .ok_or_else(|| format!("no [plugins.{name}]"))?;
+    let runtime = PluginRuntime::global()?;
+    let metrics = Metrics::new();
+    load_plugin(
+        &runtime,
+        name,
+        cfg,
+        world_for(config, name),
+        Meters::new(&metrics, name),
+    )
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
