@@ -123,26 +123,7 @@ pub async fn warm_batch(addr: SocketAddr, ids: Vec<usize>, per_request: usize) -
             0,
         )
     });
-    let samples = load::closed_loop(
-        addr,
-        Spec {
-            concurrency: 4,
-            max_requests: n,
-            max_time: Duration::from_secs(300),
-        },
-        Instant::now(),
-        make,
-        load::no_check,
-    )
-    .await?;
-    let failed = samples.iter().filter(|s| !s.ok).count();
-    if failed > 0 || samples.len() < n {
-        bail!(
-            "warming through the batch route: {failed} of {n} requests failed ({} done)",
-            samples.len()
-        );
-    }
-    Ok(())
+    run_all(addr, make, n, 4, "warming through the batch route").await
 }
 
 /// GETs each path once, `concurrency` at a time; fails on any non-2xx.
@@ -151,6 +132,18 @@ pub async fn warm_paths(addr: SocketAddr, paths: Vec<String>, concurrency: usize
     let paths = Arc::new(paths);
     let make: load::MakeReq =
         Arc::new(move |i| (Req::get(paths[i % paths.len().max(1)].clone()), 0));
+    run_all(addr, make, n, concurrency, "warming").await
+}
+
+/// Sends the `n` requests `make` builds, `concurrency` at a time; fails
+/// unless every one got a 2xx.
+async fn run_all(
+    addr: SocketAddr,
+    make: load::MakeReq,
+    n: usize,
+    concurrency: usize,
+    what: &str,
+) -> Result<()> {
     let samples = load::closed_loop(
         addr,
         Spec {
@@ -166,7 +159,7 @@ pub async fn warm_paths(addr: SocketAddr, paths: Vec<String>, concurrency: usize
     let failed = samples.iter().filter(|s| !s.ok).count();
     if failed > 0 || samples.len() < n {
         bail!(
-            "warming: {failed} of {n} GETs failed ({} done)",
+            "{what}: {failed} of {n} requests failed ({} done)",
             samples.len()
         );
     }
