@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use profile_edge::sim::SimOrigin;
 
-use super::{note_proxy_log, origin_quiet, start_sim, user_path, Ctx};
+use super::{note_proxy_log, origin_quiet, proxy_and_nginx, start_sim, user_path, Ctx};
 use crate::load::{fmt_us, median, micros, Dist, Req, H2};
-use crate::procs::{Nginx, Proxy, ProxyOpts};
 use crate::report::{Section, Table, Target};
 
 /// Streams per h2c connection (below both servers' stream limits).
@@ -116,19 +115,7 @@ pub async fn run(ctx: &Ctx, sec: &mut Section) -> Result<()> {
     );
     let tmp = ctx.tempdir("cold")?;
     let sim = start_sim(100_000, Duration::from_millis(20)).await?;
-    let proxy = Proxy::start(
-        &ctx.proxy_bin,
-        &tmp.path().join("proxy"),
-        ProxyOpts::profiles(sim.officer_url()),
-    )
-    .await?;
-    let nginx = match Nginx::start(&tmp.path().join("nginx"), sim.officer_addr()).await {
-        Ok(n) => Some(n),
-        Err(e) => {
-            sec.error = Some(format!("nginx could not start: {e:#}"));
-            None
-        }
-    };
+    let (proxy, nginx) = proxy_and_nginx(ctx, tmp.path(), &sim, sec).await?;
     let mut systems: Vec<(&str, SocketAddr)> = vec![("profile-edge", proxy.addr)];
     if let Some(n) = &nginx {
         systems.push(("nginx proxy_cache", n.h2_addr()));

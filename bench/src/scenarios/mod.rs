@@ -101,6 +101,31 @@ pub async fn start_sim(users: usize, latency: Duration) -> Result<SimOrigin> {
     .context("start the simulated origin")
 }
 
+/// The proxy (memory tier only) and nginx proxy_cache, both in front of
+/// the sim's Officer, for the scenarios that compare them. nginx failing to
+/// start is recorded in the section and the scenario goes on without it.
+pub async fn proxy_and_nginx(
+    ctx: &Ctx,
+    dir: &Path,
+    sim: &SimOrigin,
+    sec: &mut Section,
+) -> Result<(crate::procs::Proxy, Option<crate::procs::Nginx>)> {
+    let proxy = crate::procs::Proxy::start(
+        &ctx.proxy_bin,
+        &dir.join("proxy"),
+        crate::procs::ProxyOpts::profiles(sim.officer_url()),
+    )
+    .await?;
+    let nginx = match crate::procs::Nginx::start(&dir.join("nginx"), sim.officer_addr()).await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            sec.error = Some(format!("nginx could not start: {e:#}"));
+            None
+        }
+    };
+    Ok((proxy, nginx))
+}
+
 pub fn user_path(i: usize) -> String {
     format!("/api/users/{}", user_id(i))
 }

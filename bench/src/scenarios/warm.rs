@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{note_proxy_log, start_sim, user_path, Ctx};
+use super::{note_proxy_log, proxy_and_nginx, start_sim, user_path, Ctx};
 use crate::load::{self, fmt_us, median, Req, Wrk};
-use crate::procs::{Nginx, Proxy, ProxyOpts};
 use crate::report::{Section, Table, Target};
 
 const CONNS: usize = 64;
@@ -22,19 +21,7 @@ pub async fn run(ctx: &Ctx, sec: &mut Section) -> Result<()> {
     );
     let tmp = ctx.tempdir("warm")?;
     let sim = start_sim(1000, Duration::from_millis(20)).await?;
-    let proxy = Proxy::start(
-        &ctx.proxy_bin,
-        &tmp.path().join("proxy"),
-        ProxyOpts::profiles(sim.officer_url()),
-    )
-    .await?;
-    let nginx = match Nginx::start(&tmp.path().join("nginx"), sim.officer_addr()).await {
-        Ok(n) => Some(n),
-        Err(e) => {
-            sec.error = Some(format!("nginx could not start: {e:#}"));
-            None
-        }
-    };
+    let (proxy, nginx) = proxy_and_nginx(ctx, tmp.path(), &sim, sec).await?;
     let path = user_path(42);
 
     // Warm both caches and check that they answer from cache.
