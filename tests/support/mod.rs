@@ -311,6 +311,18 @@ pub fn run_check(config: &Path) -> std::process::Output {
         .expect("running profile-edge check")
 }
 
+/// Runs `check` and asserts it accepted the file (stderr shown otherwise).
+pub fn check_ok(config: &Path) -> std::process::Output {
+    let out = run_check(config);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The repository root (for config/ and plugins/ paths).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
