@@ -128,7 +128,7 @@ async fn https_upstream_with_custom_ca() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.pem", &pki.ca_pem);
-    let origin_tls = profile_edge::tls::server_config(
+    let origin_tls = profile_edge::http::tls::server_config(
         Path::new(&write(dir.path(), "o.pem", &pki.cert_pem)),
         Path::new(&write(dir.path(), "o.key", &pki.key_pem)),
         true,

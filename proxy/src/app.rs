@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::admin::AdminRouter;
+use crate::admin::router::AdminRouter;
 use crate::config::{Config, ConfigError};
+use crate::http::server::{Handler, LimitsSource, Listener, TlsSource};
 use crate::reload;
-use crate::router::MainRouter;
-use crate::server::{Handler, LimitsSource, Listener, TlsSource};
+use crate::routes::router::MainRouter;
 use crate::state::{Runtime, State};
 
 /// Admin connections are few (probes, scrapes, operators).

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use profile_edge::demo::{Demo, DemoOptions};
-use profile_edge::{app, logging, tls, App, Config};
+use profile_edge::http::tls;
+use profile_edge::{app, logging, App, Config};
 
 #[derive(Parser)]
 #[command(

@@ -14,10 +14,10 @@ use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::body;
-use crate::error::ProxyError;
+use crate::http::body;
+use crate::http::error::ProxyError;
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
 
 /// Largest origin answer read for profile loads (50 profiles of a few KiB
 /// fit many times over).

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Problem, OFFICER};
+use crate::http::server::ConnLimits;
+use crate::http::tls;
+use crate::http::upstream::Upstream;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::plugin::registry::Plugins;
-use crate::server::ConnLimits;
-use crate::tls;
-use crate::upstream::Upstream;
 
 /// Everything derived from one config file, built before it is published.
 pub struct Runtime {

@@ -231,7 +231,7 @@ pub async fn start_proxy_from_file(path: &Path) -> App {
 }
 
 fn init() {
-    profile_edge::tls::install_default_provider();
+    profile_edge::http::tls::install_default_provider();
     profile_edge::logging::init(&profile_edge::config::LogConfig {
         level: "warn".into(),
         ..Default::default()
@@ -483,8 +483,8 @@ impl Drop for RedisServer {
 }
 
 /// A simulated Officer (users `sim::user_id(0..users)`) with `latency` per call.
-pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::sim::SimOrigin {
-    profile_edge::sim::SimOrigin::start(profile_edge::sim::SimConfig {
+pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::demo::sim::SimOrigin {
+    profile_edge::demo::sim::SimOrigin::start(profile_edge::demo::sim::SimConfig {
         users,
         latency,
         ..Default::default()

@@ -303,7 +303,7 @@ impl Plugins {
     fn rewatch(self: &Arc<Self>, wanted: &BTreeMap<String, Wanted>) {
         let mut dirs: Vec<PathBuf> = wanted
             .values()
-            .map(|w| crate::watch::dir_of(&w.cfg.path))
+            .map(|w| crate::reload::fs_watch::dir_of(&w.cfg.path))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -319,7 +319,7 @@ impl Plugins {
             return;
         }
         let me = Arc::downgrade(self);
-        match crate::watch::watch_dirs(&dirs, "plugins", move || {
+        match crate::reload::fs_watch::watch_dirs(&dirs, "plugins", move || {
             let me = me.clone();
             async move {
                 if let Some(p) = me.upgrade() {

@@ -5,12 +5,12 @@
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
-use crate::error::ProxyError;
-use crate::headers;
+use crate::http::body::{self, Body};
+use crate::http::error::ProxyError;
+use crate::http::headers;
+use crate::http::server::ConnInfo;
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::server::ConnInfo;
-use crate::upstream::Upstream;
 
 /// Forwards `req` to `upstream` and returns the upstream's answer, status
 /// and headers as they are (5xx included). `kind` labels the Officer origin

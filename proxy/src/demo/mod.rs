@@ -2,6 +2,8 @@
 //! proxy in front of them with `config/demo.toml` (compiled in, so the demo
 //! needs no files), and a printed list of curl commands to try.
 
+pub mod sim;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,22 +12,22 @@ use anyhow::Context;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::sim::{self, SimConfig, SimOrigin};
+use sim::{SimConfig, SimOrigin};
 
 /// The demo's config; upstream URLs, listen addresses and plugin paths are
 /// filled in at start.
-pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
 
 /// The default policies, built into the binary so the demo needs no files
 /// (`plugins/build.sh` rebuilds them; the test command runs it first).
 const DEMO_PLUGINS: [(&str, &[u8]); 2] = [
     (
         "plugins/dist/enrich_posts.wasm",
-        include_bytes!("../../plugins/dist/enrich_posts.wasm"),
+        include_bytes!("../../../plugins/dist/enrich_posts.wasm"),
     ),
     (
         "plugins/dist/invalidate_profile.wasm",
-        include_bytes!("../../plugins/dist/invalidate_profile.wasm"),
+        include_bytes!("../../../plugins/dist/invalidate_profile.wasm"),
     ),
 ];
 

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::body::{full, json_response, Body};
-use crate::error::ProxyError;
+use crate::http::body::{full, json_response, Body};
+use crate::http::error::ProxyError;
 use crate::lookup::{Loaded, Profiles};
 use crate::metrics::Metrics;
 use crate::tier::TierKind;

@@ -13,13 +13,13 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::body::{self, Body, BoxError};
 use crate::config::{EnrichRoute, OnError};
-use crate::error::ProxyError;
-use crate::passthrough;
+use crate::http::body::{self, Body, BoxError};
+use crate::http::error::ProxyError;
+use crate::http::server::ConnInfo;
 use crate::plugin::bindings::Profile;
 use crate::plugin::registry::LoadedPlugin;
-use crate::server::ConnInfo;
+use crate::routes::passthrough;
 use crate::state::{Runtime, State};
 
 pub async fn handle(

@@ -14,10 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::Body;
 use crate::config::{parse_base_url, UpstreamConfig};
-use crate::error::ProxyError;
-use crate::tls;
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
+use crate::http::tls;
 
 /// Why an upstream client could not be built, tied to its config key.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use http::StatusCode;
 use serde_json::json;
 
-use crate::body::{json_response, Body};
+use crate::http::body::{json_response, Body};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::body::Body;
+use crate::http::body::Body;
 
 /// What the handler knows about the connection a request came on.
 #[derive(Clone, Copy, Debug)]

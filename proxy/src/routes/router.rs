@@ -10,13 +10,13 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use crate::body::Body;
-use crate::enrich;
-use crate::error::ProxyError;
-use crate::headers;
-use crate::passthrough;
-use crate::profile_routes;
-use crate::server::{ConnInfo, Handler};
+use crate::http::body::Body;
+use crate::http::error::ProxyError;
+use crate::http::headers;
+use crate::http::server::{ConnInfo, Handler};
+use crate::routes::enrich;
+use crate::routes::passthrough;
+use crate::routes::profile;
 use crate::state::{Runtime, State};
 
 /// Which part of the product answers a request; `label()` is the `route`
@@ -105,11 +105,11 @@ impl MainRouter {
         match route {
             Route::Profile => {
                 let id = profile_id(req.uri().path(), &rt.user_prefix).unwrap_or_default();
-                profile_routes::get_profile(&state.profiles, &state.metrics, id).await
+                profile::get_profile(&state.profiles, &state.metrics, id).await
             }
             Route::Batch => {
                 let max_body = rt.config.server.max_body_size.as_usize();
-                profile_routes::batch(req, &state.profiles, &state.metrics, max_body).await
+                profile::batch(req, &state.profiles, &state.metrics, max_body).await
             }
             Route::Enrich(i) => match rt.config.enrich.get(i) {
                 Some(route) => enrich::handle(req, conn, rt, route, state).await,

@@ -29,12 +29,12 @@ use serde_json::json;
 
 use crate::coalesce::{self, BatchParams, Batcher, FlightEnd, FlightTx, Flights};
 use crate::config::{self, Config, MemoryTierConfig, Problem, RedisTierConfig};
+use crate::http::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::origin::{LoadError, Origin, OriginTarget};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
 use crate::tier::{millis, now_ms, Entry, Tier, TierKind};
-use crate::upstream::Upstream;
 
 /// How many times a lookup starts over after its load was superseded by an
 /// invalidation before it gives up.

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::error::ProxyError;
+use crate::http::error::ProxyError;
 use crate::plugin::bindings::Action;
 use crate::state::State;
 

@@ -10,10 +10,10 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::body::{full, json_response, Body};
-use crate::error::ProxyError;
+use crate::http::body::{full, json_response, Body};
+use crate::http::error::ProxyError;
+use crate::http::server::{ConnInfo, Handler};
 use crate::reload::{self, ReloadOutcome};
-use crate::server::{ConnInfo, Handler};
 use crate::state::State;
 
 const PURGE_PREFIX: &str = "/admin/cache/users/";
@@ -93,8 +93,8 @@ impl AdminRouter {
             (Method::POST, "/admin/events") => {
                 self.authorize(&req)?;
                 let limit = self.state.runtime().config.server.max_body_size.as_usize();
-                let body = crate::profile_routes::read_limited(req, limit).await?;
-                let done = crate::events::handle(&self.state, &body).await?;
+                let body = crate::routes::profile::read_limited(req, limit).await?;
+                let done = crate::admin::events::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
             (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {

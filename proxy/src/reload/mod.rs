@@ -4,6 +4,8 @@
 //! publish. An invalid file is logged and counted and the running config
 //! stays. `/admin/reload` goes through the same `reload_config`.
 
+pub mod fs_watch;
+
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
@@ -155,13 +157,17 @@ pub async fn remember_initial(state: &State, text: &str) {
 /// runtime. Keep the returned watcher alive for as long as reloads should
 /// happen.
 pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatcher> {
-    crate::watch::watch_dirs(&[crate::watch::dir_of(path)], "config", move || {
-        let state = state.clone();
-        async move {
-            let result = reload_config(&state, false).await;
-            log_outcome(&result, "file");
-        }
-    })
+    crate::reload::fs_watch::watch_dirs(
+        &[crate::reload::fs_watch::dir_of(path)],
+        "config",
+        move || {
+            let state = state.clone();
+            async move {
+                let result = reload_config(&state, false).await;
+                log_outcome(&result, "file");
+            }
+        },
+    )
 }
 
 #[cfg(test)]

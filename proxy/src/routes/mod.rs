@@ -1,0 +1,7 @@
+//! The main listener's routes: `router` picks one per request; profile
+//! lookups, enrichment and passthrough each live in their own file.
+
+pub mod enrich;
+pub mod passthrough;
+pub mod profile;
+pub mod router;
