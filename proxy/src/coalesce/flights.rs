@@ -1,0 +1,133 @@
+//! Single-flight per id, the first layer of coalescing below `lookup`: the
+//! first request for a cold id registers a flight and loads it; every
+//! concurrent request for the same id waits on that flight instead of
+//! loading again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::origin::LoadError;
+
+/// What a flight ends with.
+#[derive(Clone, Debug)]
+pub enum FlightEnd<T: Clone> {
+    Done(T),
+    /// An invalidation landed while the flight was loading; its value must
+    /// not be used. Waiters look the id up again.
+    Superseded,
+}
+
+pub type FlightRx<T> = watch::Receiver<Option<FlightEnd<T>>>;
+pub type FlightTx<T> = watch::Sender<Option<FlightEnd<T>>>;
+
+/// The registry of loads in flight, one per id.
+pub struct Flights<T: Clone> {
+    map: Mutex<HashMap<String, FlightRx<T>>>,
+}
+
+/// How a caller takes part in the loads for its ids.
+pub struct Joined<T: Clone> {
+    /// Ids this caller must load, with the senders to finish them.
+    pub owned: Vec<(String, FlightTx<T>)>,
+    /// Every requested id with the flight that will answer it.
+    pub waits: Vec<(String, FlightRx<T>)>,
+    /// How many ids joined a flight someone else started.
+    pub coalesced: usize,
+}
+
+impl<T: Clone> Default for Flights<T> {
+    fn default() -> Self {
+        Flights {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> Flights<T> {
+    /// Joins the flights of `ids` that exist and starts the rest.
+    pub fn join(&self, ids: &[String]) -> Joined<T> {
+        let mut owned = Vec::new();
+        let mut waits = Vec::with_capacity(ids.len());
+        let mut coalesced = 0;
+        let Ok(mut map) = self.map.lock() else {
+            // A poisoned registry only loses coalescing, not correctness:
+            // load everything ourselves.
+            for id in ids {
+                let (tx, rx) = watch::channel(None);
+                owned.push((id.clone(), tx));
+                waits.push((id.clone(), rx));
+            }
+            return Joined {
+                owned,
+                waits,
+                coalesced,
+            };
+        };
+        for id in ids {
+            match map.get(id) {
+                Some(rx) => {
+                    coalesced += 1;
+                    waits.push((id.clone(), rx.clone()));
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    map.insert(id.clone(), rx.clone());
+                    owned.push((id.clone(), tx));
+                    waits.push((id.clone(), rx));
+                }
+            }
+        }
+        Joined {
+            owned,
+            waits,
+            coalesced,
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.map.lock().map(|m| m.contains_key(id)).unwrap_or(false)
+    }
+
+    /// Forgets the flight of `id` if it is the one `tx` feeds (an
+    /// invalidation may have replaced it with a newer one).
+    pub fn finish(&self, id: &str, tx: &FlightTx<T>) {
+        if let Ok(mut map) = self.map.lock() {
+            if map
+                .get(id)
+                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            {
+                map.remove(id);
+            }
+        }
+    }
+
+    /// Detaches the flight of `id` so that later requests start a new one.
+    pub fn detach(&self, id: &str) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Waits for a flight's end; a flight whose owner vanished (its task was
+/// cancelled or panicked) ends as a failure, never as a hang.
+pub async fn wait<T: Clone>(mut rx: FlightRx<T>) -> Result<FlightEnd<T>, LoadError> {
+    match rx.wait_for(|v| v.is_some()).await {
+        Ok(v) => v
+            .clone()
+            .ok_or_else(|| LoadError::Failed("flight ended without a value".into())),
+        Err(_) => Err(LoadError::Failed(
+            "the load for this id was abandoned".into(),
+        )),
+    }
+}
