@@ -21,6 +21,9 @@ use crate::state::{Runtime, State};
 
 /// Admin connections are few (probes, scrapes, operators).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How long background tasks get to stop on their own before they are
+/// aborted; loads in flight are already bounded by upstream timeouts.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -213,9 +216,10 @@ impl App {
     }
 
     /// Drains and stops: no new connections, readiness off, in-flight
-    /// requests finish (up to `server.shutdown_timeout`), then the admin
-    /// listener closes.
-    pub async fn shutdown(self) {
+    /// requests finish (up to `server.shutdown_timeout`), then the
+    /// background tasks stop (watchers, batcher, retries), then the admin
+    /// listener closes. No task of this app outlives the call.
+    pub async fn shutdown(mut self) {
         self.state.set_ready(false);
         let _ = self.stop_main.send(true);
         let timeout = self.state.runtime().config.server.shutdown_timeout.get();
@@ -225,6 +229,11 @@ impl App {
             "draining"
         );
         drain(self.main_tasks, self.main_drain, timeout).await;
+        // No request is left to wait on a load or a reload: stop watching,
+        // then drain the background tasks.
+        self._watcher = None;
+        self.state.plugins.stop_watching();
+        self.state.tasks.shutdown(BACKGROUND_GRACE).await;
         let _ = self.stop_admin.send(true);
         drain(
             vec![self.admin_task],

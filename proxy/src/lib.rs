@@ -12,6 +12,7 @@ pub mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod lifecycle;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;

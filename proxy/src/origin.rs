@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,32 +25,55 @@ use crate::metrics::Metrics;
 const MAX_ORIGIN_BODY: usize = 16 * 1024 * 1024;
 
 /// Why a load from the origin failed; shared by every id of a batch.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
+    /// No whole answer within the upstream's `timeout`.
+    #[error("no answer from the origin within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The request did not get an answer (refused, reset, TLS).
     #[error("{0}")]
-    Timeout(String),
+    Unreachable(String),
+    /// An answer other than the contract's (200, or 404 for one id).
+    #[error("{call} call answered {status}")]
+    Status { call: &'static str, status: u16 },
+    /// A 200 whose body breaks the contract.
     #[error("{0}")]
-    Failed(String),
+    BadAnswer(String),
+    /// The load was dropped before it finished (shutdown, a stopped task).
+    #[error("the load was abandoned: {0}")]
+    Abandoned(&'static str),
+    /// Invalidations kept superseding the load.
+    #[error("the profile kept being invalidated while it loaded")]
+    Superseded,
 }
 
 impl LoadError {
     pub fn into_proxy_error(self) -> ProxyError {
         match self {
-            LoadError::Timeout(detail) => ProxyError::GatewayTimeout {
+            LoadError::Timeout(after) => ProxyError::GatewayTimeout {
                 upstream: "officer".into(),
-                timeout: detail,
+                timeout: humantime::format_duration(after).to_string(),
             },
-            LoadError::Failed(detail) => ProxyError::BadGateway {
+            other => ProxyError::BadGateway {
                 upstream: "officer".into(),
-                detail,
+                detail: other.to_string(),
             },
         }
     }
 
-    fn from_proxy(e: ProxyError) -> LoadError {
+    /// The `status` label of `profile_edge_origin_requests_total` for a
+    /// call that got no usable answer.
+    fn label(&self) -> &'static str {
+        match self {
+            LoadError::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+
+    fn from_proxy(e: ProxyError, timeout: Duration) -> LoadError {
         match e {
-            ProxyError::GatewayTimeout { timeout, .. } => LoadError::Timeout(timeout),
-            other => LoadError::Failed(other.to_string()),
+            ProxyError::GatewayTimeout { .. } => LoadError::Timeout(timeout),
+            other => LoadError::Unreachable(other.to_string()),
         }
     }
 }
@@ -119,29 +143,18 @@ impl Origin {
         self.batch_ids
             .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let payload = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
-            .map_err(|e| LoadError::Failed(format!("encoding batch request: {e}")))?;
+            .map_err(|e| LoadError::BadAnswer(format!("encoding batch request: {e}")))?;
         let result = self
             .call(&t, Method::POST, &t.batch_path, Some(payload))
             .await;
         let (status, bytes) = self.count("batch", result)?;
         if status != StatusCode::OK {
-            return Err(LoadError::Failed(format!("batch call answered {status}")));
+            return Err(LoadError::Status {
+                call: "batch",
+                status: status.as_u16(),
+            });
         }
-        let answer: BatchAnswer = serde_json::from_slice(&bytes).map_err(|e| {
-            LoadError::Failed(format!("batch answer is not {{\"users\": [...]}}: {e}"))
-        })?;
-        let mut out = HashMap::with_capacity(answer.users.len());
-        for raw in answer.users {
-            match serde_json::from_str::<IdOnly>(raw.get()) {
-                Ok(p) => {
-                    out.insert(p.id, Bytes::copy_from_slice(raw.get().as_bytes()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "origin batch answer holds a user without an id; skipped")
-                }
-            }
-        }
-        Ok(out)
+        decode_batch(&bytes)
     }
 
     /// One single-id call: `Some(profile)`, `None` for 404.
@@ -151,20 +164,7 @@ impl Origin {
         self.single.fetch_add(1, Ordering::Relaxed);
         let result = self.call(&t, Method::GET, &path, None).await;
         let (status, bytes) = self.count("single", result)?;
-        match status {
-            StatusCode::OK => match serde_json::from_slice::<IdOnly>(&bytes) {
-                Ok(p) if p.id == id => Ok(Some(bytes)),
-                Ok(p) => Err(LoadError::Failed(format!(
-                    "asked for {id}, origin answered {}",
-                    p.id
-                ))),
-                Err(e) => Err(LoadError::Failed(format!(
-                    "profile is not a JSON object with an id: {e}"
-                ))),
-            },
-            StatusCode::NOT_FOUND => Ok(None),
-            other => Err(LoadError::Failed(format!("single call answered {other}"))),
-        }
+        decode_single(id, status, bytes)
     }
 
     fn count(
@@ -173,13 +173,12 @@ impl Origin {
         result: Result<(StatusCode, Bytes), LoadError>,
     ) -> Result<(StatusCode, Bytes), LoadError> {
         let status = match &result {
-            Ok((s, _)) => s.as_str().to_string(),
-            Err(LoadError::Timeout(_)) => "timeout".into(),
-            Err(LoadError::Failed(_)) => "error".into(),
+            Ok((s, _)) => s.as_str(),
+            Err(e) => e.label(),
         };
         self.metrics
             .origin_requests
-            .with_label_values(&[kind, &status])
+            .with_label_values(&[kind, status])
             .inc();
         result
     }
@@ -192,7 +191,11 @@ impl Origin {
         path: &str,
         payload: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), LoadError> {
-        let uri = t.upstream.uri_for(path).map_err(LoadError::from_proxy)?;
+        let timeout = t.upstream.timeout();
+        let uri = t
+            .upstream
+            .uri_for(path)
+            .map_err(|e| LoadError::from_proxy(e, timeout))?;
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
@@ -202,23 +205,70 @@ impl Origin {
         }
         let req = req
             .body(payload.map_or_else(body::empty, body::full))
-            .map_err(|e| LoadError::Failed(format!("building origin request: {e}")))?;
-        let timeout = t.upstream.timeout();
+            .map_err(|e| LoadError::Unreachable(format!("building origin request: {e}")))?;
         let whole = async {
-            let resp = t.upstream.send(req).await.map_err(LoadError::from_proxy)?;
+            let resp = t
+                .upstream
+                .send(req)
+                .await
+                .map_err(|e| LoadError::from_proxy(e, timeout))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_ORIGIN_BODY)
                 .collect()
                 .await
-                .map_err(|e| LoadError::Failed(format!("reading origin answer: {e}")))?
+                .map_err(|e| LoadError::Unreachable(format!("reading origin answer: {e}")))?
                 .to_bytes();
             Ok((status, bytes))
         };
         match tokio::time::timeout(timeout, whole).await {
             Ok(r) => r,
-            Err(_) => Err(LoadError::Timeout(
-                humantime::format_duration(timeout).to_string(),
-            )),
+            Err(_) => Err(LoadError::Timeout(timeout)),
         }
     }
 }
+
+/// Reads a batch answer: the profiles the origin knows, by id (unknown ids
+/// are simply absent, as the Officer contract says). A user without an id
+/// is skipped and logged; anything but `{"users": [...]}` is an error.
+fn decode_batch(bytes: &[u8]) -> Result<HashMap<String, Bytes>, LoadError> {
+    let answer: BatchAnswer = serde_json::from_slice(bytes).map_err(|e| {
+        LoadError::BadAnswer(format!("batch answer is not {{\"users\": [...]}}: {e}"))
+    })?;
+    let mut out = HashMap::with_capacity(answer.users.len());
+    for raw in answer.users {
+        match serde_json::from_str::<IdOnly>(raw.get()) {
+            Ok(p) => {
+                out.insert(p.id, Bytes::copy_from_slice(raw.get().as_bytes()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "origin batch answer holds a user without an id; skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a single-id answer: `Some(profile)` for a 200 that is the profile
+/// asked for, `None` for 404.
+fn decode_single(id: &str, status: StatusCode, bytes: Bytes) -> Result<Option<Bytes>, LoadError> {
+    match status {
+        StatusCode::OK => match serde_json::from_slice::<IdOnly>(&bytes) {
+            Ok(p) if p.id == id => Ok(Some(bytes)),
+            Ok(p) => Err(LoadError::BadAnswer(format!(
+                "asked for {id}, origin answered {}",
+                p.id
+            ))),
+            Err(e) => Err(LoadError::BadAnswer(format!(
+                "profile is not a JSON object with an id: {e}"
+            ))),
+        },
+        StatusCode::NOT_FOUND => Ok(None),
+        other => Err(LoadError::Status {
+            call: "single",
+            status: other.as_u16(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, Problem, OFFICER};
 use crate::http::server::ConnLimits;
 use crate::http::tls;
 use crate::http::upstream::Upstream;
+use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::plugin::registry::Plugins;
@@ -97,6 +98,8 @@ pub struct State {
     /// The WebAssembly policies the config names. Lives across reloads.
     pub plugins: Arc<Plugins>,
     ready: AtomicBool,
+    /// Every background task; drained by `App::shutdown`.
+    pub tasks: Tasks,
     /// The file reloads read; `None` when the config was given in memory.
     pub config_path: Option<PathBuf>,
     /// Serializes reloads and remembers the last file content tried, so an
@@ -109,16 +112,22 @@ impl State {
     /// inside the tokio runtime.
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> Result<State, ConfigError> {
         let metrics = Arc::new(Metrics::new());
+        let tasks = Tasks::new();
         let file = config_path.as_ref().map_or_else(
             || "(in-memory config)".to_string(),
             |p| p.display().to_string(),
         );
-        let profiles = Profiles::new(&runtime.config, runtime.officer.clone(), metrics.clone())
-            .map_err(|p| ConfigError {
-                file,
-                problems: vec![p],
-            })?;
-        let plugins = Plugins::new(metrics.clone()).map_err(|e| ConfigError {
+        let profiles = Profiles::new(
+            &runtime.config,
+            runtime.officer.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        )
+        .map_err(|p| ConfigError {
+            file,
+            problems: vec![p],
+        })?;
+        let plugins = Plugins::new(metrics.clone(), tasks.clone()).map_err(|e| ConfigError {
             file: "(plugins)".into(),
             problems: vec![Problem::new("plugins", e)],
         })?;
@@ -128,6 +137,7 @@ impl State {
             profiles,
             plugins,
             ready: AtomicBool::new(false),
+            tasks,
             config_path,
             reload_guard: tokio::sync::Mutex::new(None),
         })

@@ -20,12 +20,17 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
         .and_then(Value::as_str)
         .ok_or_else(|| ProxyError::BadRequest("field `type` (a string) is required".into()))?
         .to_string();
+    let ids = state.profiles.ids();
     let user_id = match event.get("userId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) if state.profiles.valid_id(id) => Some(id.clone()),
+        Some(Value::String(id)) => {
+            ids.check("userId", id)
+                .map_err(crate::routes::profile::id_error)?;
+            Some(id.clone())
+        }
         Some(other) => {
             return Err(ProxyError::BadRequest(format!(
-                "field `userId` = {other} is not an id matching profiles.id_pattern"
+                "field `userId` = {other} must be a string id matching profiles.id_pattern"
             )))
         }
     };
@@ -63,7 +68,7 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
             Action::Refresh(id) => ("refresh", id),
             Action::RefreshPostSnapshots(id) => ("refresh-post-snapshots", id),
         };
-        let result = if !state.profiles.valid_id(id) {
+        let result = if !ids.is_valid(id) {
             "skipped: id does not match profiles.id_pattern".to_string()
         } else {
             match &action {

@@ -100,11 +100,11 @@ impl AdminRouter {
             (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {
                 self.authorize(&req)?;
                 let id = &p[PURGE_PREFIX.len()..];
-                if !self.state.profiles.valid_id(id) {
-                    return Err(ProxyError::BadRequest(format!(
-                        "id {id:?} does not match profiles.id_pattern"
-                    )));
-                }
+                self.state
+                    .profiles
+                    .ids()
+                    .check("id", id)
+                    .map_err(crate::routes::profile::id_error)?;
                 self.state.profiles.invalidate(id, "admin").await;
                 Ok(json_response(StatusCode::OK, &json!({"invalidated": id})))
             }

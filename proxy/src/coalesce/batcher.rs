@@ -5,6 +5,7 @@
 //! flight and further ids queue for the next (full) batch. Results fan out
 //! per id; an origin error fails only the ids of its batch.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,28 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use crate::lifecycle::{Drain, Tasks};
 use crate::origin::{LoadError, Origin};
+
+/// What the batcher calls: the Officer (`Origin`) in the product, a fake in
+/// unit tests.
+#[async_trait::async_trait]
+pub trait OriginSource: Send + Sync + 'static {
+    /// One batch call: the profiles the origin knows among `ids`.
+    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError>;
+    /// One single-id call: `None` when the origin does not know the id.
+    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError>;
+}
+
+#[async_trait::async_trait]
+impl OriginSource for Origin {
+    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError> {
+        Origin::fetch_batch(self, ids).await
+    }
+    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
+        Origin::fetch_one(self, id).await
+    }
+}
 
 /// Batching parameters (from `[coalescing]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,20 +55,21 @@ struct Job {
     reply: oneshot::Sender<OriginResult>,
 }
 
-/// Sends origin loads, batched per `BatchParams`. Dropping the last handle
-/// stops its task once the queued ids are sent.
+/// Sends origin loads, batched per `BatchParams`. Its loop stops once the
+/// last handle is dropped and the queued ids are sent, or on the drain.
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Job>,
     params: BatchParams,
-    origin: Arc<Origin>,
+    origin: Arc<dyn OriginSource>,
     singles: Arc<Semaphore>,
 }
 
 impl Batcher {
-    pub fn start(params: BatchParams, origin: Arc<Origin>) -> Batcher {
+    pub fn start(params: BatchParams, origin: Arc<dyn OriginSource>, tasks: &Tasks) -> Batcher {
         let (tx, rx) = mpsc::unbounded_channel();
         if params.batching {
-            tokio::spawn(batch_loop(rx, params, origin.clone()));
+            let (o, t) = (origin.clone(), tasks.clone());
+            tasks.spawn("batcher", move |drain| batch_loop(rx, params, o, t, drain));
         }
         Batcher {
             tx,
@@ -68,7 +91,7 @@ impl Batcher {
                 .singles
                 .acquire()
                 .await
-                .map_err(|_| LoadError::Failed("origin loader stopped".into()))?;
+                .map_err(|_| LoadError::Abandoned("origin loader stopped"))?;
             let started = crate::tier::now_ms();
             return self.origin.fetch_one(id).await.map(|b| (b, started));
         }
@@ -78,18 +101,29 @@ impl Batcher {
                 id: id.to_string(),
                 reply,
             })
-            .map_err(|_| LoadError::Failed("origin batcher stopped".into()))?;
+            .map_err(|_| LoadError::Abandoned("origin batcher stopped"))?;
         rx.await
-            .unwrap_or_else(|_| Err(LoadError::Failed("origin batch was abandoned".into())))
+            .unwrap_or_else(|_| Err(LoadError::Abandoned("origin batch was dropped")))
     }
 }
 
-async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, p: BatchParams, origin: Arc<Origin>) {
+async fn batch_loop(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    p: BatchParams,
+    origin: Arc<dyn OriginSource>,
+    tasks: Tasks,
+    drain: Drain,
+) {
     let slots = Arc::new(Semaphore::new(p.max_inflight));
     let mut batch: Vec<Job> = Vec::with_capacity(p.max_batch);
     loop {
         if batch.is_empty() {
-            match rx.recv().await {
+            // Idle: stop on the drain (queued jobs' waiters get an error).
+            let job = tokio::select! {
+                job = rx.recv() => job,
+                _ = drain.wait() => None,
+            };
+            match job {
                 Some(job) => batch.push(job),
                 None => return,
             }
@@ -120,8 +154,8 @@ async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, p: BatchParams, origin
         }
         let jobs = std::mem::replace(&mut batch, Vec::with_capacity(p.max_batch));
         let origin = origin.clone();
-        tokio::spawn(async move {
-            send_batch(&origin, jobs).await;
+        tasks.spawn_load(async move {
+            send_batch(origin.as_ref(), jobs).await;
             drop(permit);
         });
         if closed {
@@ -130,7 +164,7 @@ async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, p: BatchParams, origin
     }
 }
 
-async fn send_batch(origin: &Origin, jobs: Vec<Job>) {
+async fn send_batch(origin: &dyn OriginSource, jobs: Vec<Job>) {
     // The same id can be queued twice (a flight superseded by an
     // invalidation and its successor); ask for it once.
     let mut ids: Vec<String> = Vec::with_capacity(jobs.len());
@@ -157,3 +191,6 @@ async fn send_batch(origin: &Origin, jobs: Vec<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -125,9 +125,7 @@ pub async fn wait<T: Clone>(mut rx: FlightRx<T>) -> Result<FlightEnd<T>, LoadErr
     match rx.wait_for(|v| v.is_some()).await {
         Ok(v) => v
             .clone()
-            .ok_or_else(|| LoadError::Failed("flight ended without a value".into())),
-        Err(_) => Err(LoadError::Failed(
-            "the load for this id was abandoned".into(),
-        )),
+            .ok_or_else(|| LoadError::Abandoned("flight ended without a value")),
+        Err(_) => Err(LoadError::Abandoned("the load for this id stopped")),
     }
 }

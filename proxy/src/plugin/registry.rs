@@ -17,6 +17,7 @@ use serde_json::json;
 use super::bindings::{Action, Profile};
 use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prepared, World};
 use crate::config::{Config, PluginConfig};
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 
 /// The canned input of the smoke test. A policy must handle it without
@@ -163,11 +164,13 @@ pub struct Plugins {
     /// Serializes loads so that a file event and a config reload do not race.
     loading: tokio::sync::Mutex<()>,
     watcher: Mutex<Option<(Vec<PathBuf>, notify::RecommendedWatcher)>>,
+    tasks: Tasks,
 }
 
 impl Plugins {
-    pub fn new(metrics: Arc<Metrics>) -> Result<Arc<Plugins>, String> {
+    pub fn new(metrics: Arc<Metrics>, tasks: Tasks) -> Result<Arc<Plugins>, String> {
         Ok(Arc::new(Plugins {
+            tasks,
             runtime: PluginRuntime::global()?,
             metrics,
             loaded: ArcSwap::from_pointee(HashMap::new()),
@@ -319,7 +322,7 @@ impl Plugins {
             return;
         }
         let me = Arc::downgrade(self);
-        match crate::reload::fs_watch::watch_dirs(&dirs, "plugins", move || {
+        match crate::reload::fs_watch::watch_dirs(&dirs, "plugin-watch", &self.tasks, move || {
             let me = me.clone();
             async move {
                 if let Some(p) = me.upgrade() {
@@ -331,6 +334,13 @@ impl Plugins {
             Err(e) => {
                 tracing::error!(error = %e, "cannot watch plugin files; hot swap needs /admin/reload")
             }
+        }
+    }
+
+    /// Stops watching plugin files (shutdown).
+    pub fn stop_watching(&self) {
+        if let Ok(mut slot) = self.watcher.lock() {
+            *slot = None;
         }
     }
 

@@ -10,15 +10,19 @@ use std::time::Duration;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::lifecycle::Tasks;
+
 /// Quiet time after the last event before the callback runs: editors and
 /// ConfigMap updates touch several paths in a burst.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Watches `dirs` and runs `on_change` on the tokio runtime after each
-/// burst of events. Watching stops when the returned watcher is dropped.
+/// Watches `dirs` and runs `on_change` on a task named `what` after each
+/// burst of events. Watching stops when the returned watcher is dropped or
+/// on the drain.
 pub fn watch_dirs<F, Fut>(
     dirs: &[PathBuf],
     what: &'static str,
+    tasks: &Tasks,
     on_change: F,
 ) -> notify::Result<RecommendedWatcher>
 where
@@ -39,10 +43,17 @@ where
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         tracing::info!(what, dir = %dir.display(), "watching for changes");
     }
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+    tasks.spawn(what, move |drain| async move {
+        loop {
+            tokio::select! {
+                event = rx.recv() => if event.is_none() { return },
+                _ = drain.wait() => return,
+            }
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
+            if drain.is_draining() {
+                return;
+            }
             on_change().await;
         }
     });

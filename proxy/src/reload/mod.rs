@@ -69,9 +69,10 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             return Err(e);
         }
     };
+    let changed = crate::lookup::chain::sections_changed(&state.runtime().config, &runtime.config);
     if let Err(p) = state
         .profiles
-        .reconfigure(&runtime.config, runtime.officer.clone())
+        .reconfigure(&runtime.config, runtime.officer.clone(), &changed)
     {
         state.metrics.reload("config", false);
         return Err(ConfigError {
@@ -157,9 +158,11 @@ pub async fn remember_initial(state: &State, text: &str) {
 /// runtime. Keep the returned watcher alive for as long as reloads should
 /// happen.
 pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatcher> {
+    let tasks = state.tasks.clone();
     crate::reload::fs_watch::watch_dirs(
         &[crate::reload::fs_watch::dir_of(path)],
-        "config",
+        "config-watch",
+        &tasks,
         move || {
             let state = state.clone();
             async move {

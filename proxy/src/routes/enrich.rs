@@ -171,13 +171,7 @@ async fn enrich_body(
 /// cannot be loaded are left out, like unknown ones.
 async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
     let profiles = &state.profiles;
-    let mut ids: Vec<String> = Vec::with_capacity(wanted.len());
-    for id in wanted {
-        if profiles.valid_id(&id) && !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    ids.truncate(profiles.max_request_ids());
+    let ids = profiles.ids().filter_list(wanted);
     let results = profiles.get_many(&ids).await;
     ids.into_iter()
         .zip(results)

@@ -3,7 +3,6 @@
 //! `x-cache` and `x-cache-tier` headers. Ids are checked before anything
 //! else happens, so a bad id never reaches a tier or the origin.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -15,7 +14,7 @@ use serde_json::json;
 
 use crate::http::body::{full, json_response, Body};
 use crate::http::error::ProxyError;
-use crate::lookup::{Loaded, Profiles};
+use crate::lookup::{CacheStatus, IdError, Profiles};
 use crate::metrics::Metrics;
 use crate::tier::TierKind;
 
@@ -28,7 +27,7 @@ pub async fn get_profile(
     metrics: &Metrics,
     id: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    check_id(profiles, id)?;
+    profiles.ids().check("id", id).map_err(id_error)?;
     let loaded = profiles.get(id).await.map_err(|e| e.into_proxy_error())?;
     if loaded.stale {
         metrics.stale_served.inc();
@@ -47,7 +46,7 @@ pub async fn get_profile(
             &json!({"error": "not_found", "detail": format!("no user with id {id}")}),
         ),
     };
-    set_cache_headers(&mut resp, cache_label(&loaded), loaded.tier);
+    set_cache_headers(&mut resp, loaded.status(), loaded.tier);
     Ok(resp)
 }
 
@@ -68,31 +67,15 @@ pub async fn batch(
     let parsed: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
     })?;
-    let mut seen = HashSet::with_capacity(parsed.ids.len());
-    let ids: Vec<String> = parsed
-        .ids
-        .into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect();
-    let max = profiles.max_request_ids();
-    if ids.len() > max {
-        return Err(ProxyError::PayloadTooLarge(format!(
-            "{} distinct ids asked; profiles.max_request_ids is {max}",
-            ids.len()
-        )));
-    }
-    for (i, id) in ids.iter().enumerate() {
-        check_id(profiles, id).map_err(|_| {
-            ProxyError::BadRequest(format!(
-                "ids[{i}] = {id:?} does not match profiles.id_pattern"
-            ))
-        })?;
-    }
+    let ids = profiles
+        .ids()
+        .check_list("ids", parsed.ids)
+        .map_err(id_error)?;
 
     let results = profiles.get_many(&ids).await;
     let mut failed = 0;
     let mut first_error = None;
-    let mut label = "hit";
+    let mut status = CacheStatus::Hit;
     let mut deepest = TierKind::Memory;
     let mut out = BytesMut::with_capacity(64 + results.len() * 400);
     out.put_slice(b"{\"users\":[");
@@ -103,7 +86,7 @@ pub async fn batch(
                 if loaded.stale {
                     metrics.stale_served.inc();
                 }
-                label = worse(label, cache_label(&loaded));
+                status = status.max(loaded.status());
                 if (loaded.tier as usize) > (deepest as usize) {
                     deepest = loaded.tier;
                 }
@@ -142,17 +125,15 @@ pub async fn batch(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    set_cache_headers(&mut resp, label, deepest);
+    set_cache_headers(&mut resp, status, deepest);
     Ok(resp)
 }
 
-fn check_id(profiles: &Profiles, id: &str) -> Result<(), ProxyError> {
-    if profiles.valid_id(id) {
-        Ok(())
-    } else {
-        Err(ProxyError::BadRequest(format!(
-            "id {id:?} does not match profiles.id_pattern"
-        )))
+/// A refused id is the client's mistake (400); too many ids is 413.
+pub fn id_error(e: IdError) -> ProxyError {
+    match e {
+        IdError::Invalid { .. } => ProxyError::BadRequest(e.to_string()),
+        IdError::TooMany { .. } => ProxyError::PayloadTooLarge(e.to_string()),
     }
 }
 
@@ -188,33 +169,9 @@ fn too_large(limit: usize) -> ProxyError {
     ))
 }
 
-fn cache_label(l: &Loaded) -> &'static str {
-    if l.stale {
-        "stale"
-    } else if l.tier == TierKind::Origin {
-        "miss"
-    } else {
-        "hit"
-    }
-}
-
-/// For a batch: stale beats miss beats hit.
-fn worse(a: &'static str, b: &'static str) -> &'static str {
-    let rank = |s: &str| match s {
-        "stale" => 2,
-        "miss" => 1,
-        _ => 0,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-fn set_cache_headers(resp: &mut Response<Body>, label: &'static str, tier: TierKind) {
+fn set_cache_headers(resp: &mut Response<Body>, status: CacheStatus, tier: TierKind) {
     let h = resp.headers_mut();
-    h.insert(X_CACHE.clone(), HeaderValue::from_static(label));
+    h.insert(X_CACHE.clone(), HeaderValue::from_static(status.as_str()));
     h.insert(
         X_CACHE_TIER.clone(),
         HeaderValue::from_static(tier.as_str()),

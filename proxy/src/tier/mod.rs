@@ -1,7 +1,8 @@
 //! Cache tiers below the request path: a batch-first `Tier` interface that
-//! memory, Redis (and the MongoDB snapshot tier) implement, and the `Entry`
-//! they store. `lookup` reads them top to bottom and fills upper tiers on
-//! the way back.
+//! memory, Redis (and the MongoDB snapshot tier to come) implement, and the
+//! `Entry` they store. `lookup::chain` lists the tiers the config builds;
+//! `lookup` reads them top to bottom and fills upper tiers on the way back.
+//! A new tier is one file here plus one line in that list.
 
 pub mod breaker;
 pub mod codec;
@@ -101,6 +102,12 @@ pub enum TierError {
 #[async_trait::async_trait]
 pub trait Tier: Send + Sync {
     fn kind(&self) -> TierKind;
+
+    /// Fields this tier adds to its object in `/admin/stats` (beside hits,
+    /// misses and hit rate); none by default.
+    fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 
     /// Usable (fresh or stale) entries for `ids`, in the same order.
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError>;

@@ -14,7 +14,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::breaker::Breaker;
 use super::{codec, now_ms, Entry, Tier, TierError, TierKind};
-use crate::config::RedisTierConfig;
+use crate::config::{Config, Problem, RedisTierConfig};
+use crate::lifecycle::{Drain, Tasks};
 
 /// Most ids remembered for a retried removal; past it the oldest intent is
 /// lost and logged (Redis TTLs still bound how long a value lives).
@@ -38,6 +39,7 @@ impl RedisTier {
     pub fn new(
         cfg: &RedisTierConfig,
         max_stale: Duration,
+        tasks: &Tasks,
     ) -> Result<Arc<RedisTier>, redis::RedisError> {
         let client = redis::Client::open(cfg.url.as_str())?;
         let manager_cfg = ConnectionManagerConfig::new()
@@ -57,7 +59,10 @@ impl RedisTier {
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.get()),
             pending_removes: Mutex::new(HashSet::new()),
         });
-        tokio::spawn(retry_removes(Arc::downgrade(&tier)));
+        let weak = Arc::downgrade(&tier);
+        tasks.spawn("redis-remove-retry", move |drain| {
+            retry_removes(weak, drain)
+        });
         Ok(tier)
     }
 
@@ -137,10 +142,25 @@ impl RedisTier {
     }
 }
 
-/// Retries remembered removals until Redis takes them.
-async fn retry_removes(tier: Weak<RedisTier>) {
+/// The tier `[tiers.redis]` describes, if the section is present (the
+/// entry in `lookup::chain`'s list of tiers).
+pub fn build(cfg: &Config, tasks: &Tasks) -> Option<Result<Arc<dyn Tier>, Problem>> {
+    let r = cfg.tiers.redis.as_ref()?;
+    Some(
+        RedisTier::new(r, cfg.fail_safe.max_stale.get(), tasks)
+            .map(|t| t as Arc<dyn Tier>)
+            .map_err(|e| Problem::new("tiers.redis.url", e.to_string())),
+    )
+}
+
+/// Retries remembered removals until Redis takes them; stops on the drain
+/// or when the tier is gone (a reload replaced it).
+async fn retry_removes(tier: Weak<RedisTier>, drain: Drain) {
     loop {
-        tokio::time::sleep(RETRY_EVERY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+            _ = drain.wait() => return,
+        }
         let Some(tier) = tier.upgrade() else { return };
         let ids = tier.pending_snapshot();
         if ids.is_empty() {
@@ -161,6 +181,12 @@ async fn retry_removes(tier: Weak<RedisTier>) {
 impl Tier for RedisTier {
     fn kind(&self) -> TierKind {
         TierKind::Redis
+    }
+
+    fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("breaker_open".into(), self.breaker_open().into());
+        m
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError> {

@@ -1,0 +1,267 @@
+//! Invalidation fences: the one place that decides whether a value loaded
+//! for an id may still be published after invalidations raced its load.
+//!
+//! Every id has a version, a counter bumped by each invalidation (local, or
+//! later from the backplane and change streams through `advance_to`). A load
+//! takes a `Ticket` with the version it started under; its value is
+//! published only while that is still the id's version. Counters, not
+//! wall-clock times, so that instances whose clocks disagree cannot defeat
+//! the fence once versions travel between them.
+//!
+//! A load that was superseded may already have written its old value to a
+//! shared tier (it writes those before memory) and removes it again when it
+//! learns it lost. Until it has, a newer load must not trust what the shared
+//! tiers hold for that id: `trusts_shared` says whether any older load is
+//! still alive.
+//!
+//! State exists only for ids with loads alive, so the map is bounded by the
+//! loads in flight and needs no expiry: with no ticket out, nobody needs to
+//! know an id's version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard};
+
+const STRIPES: usize = 64;
+
+#[derive(Default)]
+struct IdState {
+    version: u64,
+    /// Live tickets per version they were taken under.
+    live: BTreeMap<u64, u32>,
+}
+
+type Stripe = HashMap<String, IdState>;
+
+/// Versions per id for the loads in flight.
+pub struct Fence {
+    stripes: Vec<Mutex<Stripe>>,
+    hasher: RandomState,
+}
+
+/// A load's claim on publishing for one id: the version it started under.
+/// Hand it back with `Fence::finish` when the load is over (`TicketGuard`
+/// does that on drop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    id: String,
+    version: u64,
+}
+
+impl Ticket {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Publishing under a fence: the closure runs with the id's stripe held, so
+/// an invalidation of that id cannot land between the check and the write.
+pub enum Admitted<T> {
+    Yes(T),
+    /// An invalidation landed since the ticket was taken.
+    Superseded,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence {
+            stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl Fence {
+    fn stripe(&self, id: &str) -> MutexGuard<'_, Stripe> {
+        let i = (self.hasher.hash_one(id) as usize) % self.stripes.len();
+        // Sections under a stripe do not panic (map updates and tier puts
+        // that do not unwind), so a poisoned stripe is still consistent.
+        self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a load of `id` under its current version.
+    pub fn begin(&self, id: &str) -> Ticket {
+        let mut s = self.stripe(id);
+        let st = s.entry(id.to_string()).or_default();
+        *st.live.entry(st.version).or_default() += 1;
+        Ticket {
+            id: id.to_string(),
+            version: st.version,
+        }
+    }
+
+    /// Ends a load; forgets the id once no load holds a ticket for it.
+    pub fn finish(&self, ticket: &Ticket) {
+        let mut s = self.stripe(&ticket.id);
+        let Some(st) = s.get_mut(&ticket.id) else {
+            return;
+        };
+        if let Some(n) = st.live.get_mut(&ticket.version) {
+            *n -= 1;
+            if *n == 0 {
+                st.live.remove(&ticket.version);
+            }
+        }
+        if st.live.is_empty() {
+            s.remove(&ticket.id);
+        }
+    }
+
+    /// Whether no invalidation of the ticket's id landed since it was taken.
+    pub fn admits(&self, ticket: &Ticket) -> bool {
+        let s = self.stripe(&ticket.id);
+        s.get(&ticket.id)
+            .is_none_or(|st| st.version == ticket.version)
+    }
+
+    /// Whether values the shared tiers hold for the id can be used by this
+    /// load: not when a load that an invalidation superseded is still
+    /// alive, since it may have written its old value there.
+    pub fn trusts_shared(&self, ticket: &Ticket) -> bool {
+        let s = self.stripe(&ticket.id);
+        s.get(&ticket.id)
+            .is_none_or(|st| st.live.range(..ticket.version).next().is_none())
+    }
+
+    /// Runs `write` if the ticket is still admitted, with the id's stripe
+    /// held so no invalidation can slip in between.
+    pub fn publish<T>(&self, ticket: &Ticket, write: impl FnOnce() -> T) -> Admitted<T> {
+        let s = self.stripe(&ticket.id);
+        let current = s.get(&ticket.id).map_or(ticket.version, |st| st.version);
+        if current != ticket.version {
+            return Admitted::Superseded;
+        }
+        let out = write();
+        drop(s);
+        Admitted::Yes(out)
+    }
+
+    /// An invalidation of `id`: every ticket taken before it is superseded.
+    /// `clear` runs under the id's stripe (the memory removal), so a load
+    /// cannot publish between the bump and the removal.
+    pub fn invalidate(&self, id: &str, clear: impl FnOnce()) {
+        let mut s = self.stripe(id);
+        if let Some(st) = s.get_mut(id) {
+            st.version += 1;
+        }
+        clear();
+    }
+
+    /// Raises the id's version to at least `version` (a version learned from
+    /// another instance); lower versions change nothing.
+    pub fn advance_to(&self, id: &str, version: u64, clear: impl FnOnce()) {
+        let mut s = self.stripe(id);
+        if let Some(st) = s.get_mut(id) {
+            if version > st.version {
+                st.version = version;
+            }
+        }
+        clear();
+    }
+
+    /// Ids with loads alive (for tests and stats).
+    pub fn tracked(&self) -> usize {
+        self.stripes
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Returns a ticket to its fence when dropped, however the load ends.
+pub struct TicketGuard<'a> {
+    fence: &'a Fence,
+    pub ticket: Ticket,
+}
+
+impl<'a> TicketGuard<'a> {
+    pub fn new(fence: &'a Fence, id: &str) -> TicketGuard<'a> {
+        TicketGuard {
+            fence,
+            ticket: fence.begin(id),
+        }
+    }
+}
+
+impl Drop for TicketGuard<'_> {
+    fn drop(&mut self) {
+        self.fence.finish(&self.ticket);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_started_before_an_invalidation_is_superseded() {
+        let f = Fence::default();
+        let old = f.begin("a");
+        f.invalidate("a", || {});
+        let new = f.begin("a");
+        assert!(!f.admits(&old));
+        assert!(f.admits(&new));
+        assert!(matches!(f.publish(&old, || 1), Admitted::Superseded));
+        assert!(matches!(f.publish(&new, || 2), Admitted::Yes(2)));
+    }
+
+    #[test]
+    fn other_ids_are_not_fenced() {
+        let f = Fence::default();
+        let a = f.begin("a");
+        let b = f.begin("b");
+        f.invalidate("a", || {});
+        assert!(!f.admits(&a));
+        assert!(f.admits(&b));
+    }
+
+    #[test]
+    fn shared_tiers_are_distrusted_while_a_superseded_load_lives() {
+        let f = Fence::default();
+        let old = f.begin("a");
+        f.invalidate("a", || {});
+        let new = f.begin("a");
+        assert!(
+            !f.trusts_shared(&new),
+            "the old load may have written Redis"
+        );
+        assert!(f.trusts_shared(&old), "nothing older than the old load");
+        f.finish(&old);
+        assert!(f.trusts_shared(&new));
+        f.finish(&new);
+        assert_eq!(f.tracked(), 0, "no state kept once no load is alive");
+    }
+
+    #[test]
+    fn invalidating_an_id_nobody_loads_keeps_no_state() {
+        let f = Fence::default();
+        f.invalidate("a", || {});
+        assert_eq!(f.tracked(), 0);
+        let t = f.begin("a");
+        assert!(f.admits(&t));
+    }
+
+    #[test]
+    fn clear_runs_under_the_stripe_and_remote_versions_only_raise() {
+        let f = Fence::default();
+        let t = f.begin("a");
+        let mut cleared = false;
+        f.advance_to("a", 5, || cleared = true);
+        assert!(cleared);
+        assert!(!f.admits(&t));
+        let t5 = f.begin("a");
+        f.advance_to("a", 3, || {});
+        assert!(f.admits(&t5), "an older remote version changes nothing");
+    }
+
+    #[test]
+    fn guards_return_tickets_on_drop() {
+        let f = Fence::default();
+        {
+            let _g = TicketGuard::new(&f, "a");
+            let _h = TicketGuard::new(&f, "a");
+            assert_eq!(f.tracked(), 1);
+        }
+        assert_eq!(f.tracked(), 0);
+    }
+}

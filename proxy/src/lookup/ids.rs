@@ -1,0 +1,132 @@
+//! The one place ids from clients are checked: every route (profile, batch,
+//! admin purge, events, enrichment) validates and folds duplicates here, so
+//! a bad id never reaches a tier, a Redis key or the origin.
+
+use std::collections::HashSet;
+
+use regex::Regex;
+
+/// Why ids were refused; the routes turn it into 400 or 413.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// `field` names where the id came from (`id`, `ids[3]`, `userId`).
+    #[error("{field} = {id:?} does not match profiles.id_pattern")]
+    Invalid { field: String, id: String },
+    #[error("{count} distinct ids asked; profiles.max_request_ids is {max}")]
+    TooMany { count: usize, max: usize },
+}
+
+/// `profiles.id_pattern` and `profiles.max_request_ids`, compiled once per
+/// config.
+#[derive(Clone, Debug)]
+pub struct IdRules {
+    pattern: Regex,
+    max_request_ids: usize,
+}
+
+impl IdRules {
+    pub fn new(pattern: Regex, max_request_ids: usize) -> IdRules {
+        IdRules {
+            pattern,
+            max_request_ids,
+        }
+    }
+
+    pub fn is_valid(&self, id: &str) -> bool {
+        self.pattern.is_match(id)
+    }
+
+    /// One id, from `field`.
+    pub fn check(&self, field: &str, id: &str) -> Result<(), IdError> {
+        if self.is_valid(id) {
+            Ok(())
+        } else {
+            Err(IdError::Invalid {
+                field: field.to_string(),
+                id: id.to_string(),
+            })
+        }
+    }
+
+    /// A client's list (`field[i]`): duplicates folded, first occurrence
+    /// kept in order, at most `max_request_ids` distinct ids, each valid.
+    pub fn check_list(&self, field: &str, ids: Vec<String>) -> Result<Vec<String>, IdError> {
+        let ids = dedup(ids);
+        if ids.len() > self.max_request_ids {
+            return Err(IdError::TooMany {
+                count: ids.len(),
+                max: self.max_request_ids,
+            });
+        }
+        for (i, id) in ids.iter().enumerate() {
+            self.check(&format!("{field}[{i}]"), id)?;
+        }
+        Ok(ids)
+    }
+
+    /// Ids a policy named: invalid ones dropped (a policy's mistake must not
+    /// reach a tier), duplicates folded, capped at `max_request_ids`.
+    pub fn filter_list(&self, ids: Vec<String>) -> Vec<String> {
+        let mut out = dedup(ids);
+        out.retain(|id| self.is_valid(id));
+        out.truncate(self.max_request_ids);
+        out
+    }
+}
+
+fn dedup(ids: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(max: usize) -> IdRules {
+        IdRules::new(Regex::new("^[a-z0-9]{1,8}$").expect("regex"), max)
+    }
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn lists_fold_duplicates_in_order_then_check_each() {
+        let r = rules(3);
+        assert_eq!(
+            r.check_list("ids", v(&["b", "a", "b", "c", "a"])),
+            Ok(v(&["b", "a", "c"]))
+        );
+        assert_eq!(
+            r.check_list("ids", v(&["a", "B!"])),
+            Err(IdError::Invalid {
+                field: "ids[1]".into(),
+                id: "B!".into()
+            })
+        );
+        assert_eq!(
+            r.check_list("ids", v(&["a", "b", "c", "d"])),
+            Err(IdError::TooMany { count: 4, max: 3 })
+        );
+    }
+
+    #[test]
+    fn single_ids_name_their_field() {
+        let e = rules(1).check("userId", "../x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "userId = \"../x\" does not match profiles.id_pattern"
+        );
+    }
+
+    #[test]
+    fn policy_lists_drop_what_is_invalid() {
+        assert_eq!(
+            rules(2).filter_list(v(&["a", "A", "a", "b", "c"])),
+            v(&["a", "b"])
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! Profile lookups, the heart of the product, read top to bottom:
+//! `get`/`get_many` answer fresh memory hits with no await and no lock;
+//! misses join `Flights` (one load per id however many requests want it)
+//! and the owner resolves them through the chain's shared tiers, then the
+//! origin through the batcher, filling the tiers above on the way back.
+//! Every value is published under the id's fence ticket, so a load that an
+//! invalidation superseded never writes the old value to memory, takes it
+//! out of the shared tiers again, and its waiters look the id up again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::future::join_all;
+
+use super::chain::Chain;
+use super::failsafe::{eager_due, Fallbacks, Throttle};
+use super::fence::{Admitted, Fence, TicketGuard};
+use super::ids::IdRules;
+use super::stats::Counters;
+use super::status::CacheStatus;
+use crate::coalesce::{self, FlightEnd, FlightTx, Flights};
+use crate::config::{self, Config, Problem};
+use crate::http::upstream::Upstream;
+use crate::lifecycle::Tasks;
+use crate::metrics::Metrics;
+use crate::origin::{LoadError, Origin, OriginTarget};
+use crate::tier::{millis, now_ms, Entry, Tier, TierKind};
+
+/// How many times a lookup starts over after its load was superseded by an
+/// invalidation before it gives up.
+const MAX_ATTEMPTS: usize = 3;
+/// Source freshness of an origin value: each tier caps it with its own TTL.
+const ORIGIN_FRESH: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A lookup's answer: the entry (profile or "not found"), the tier it came
+/// from, and whether it is served stale by the fail-safe.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub entry: Entry,
+    pub tier: TierKind,
+    pub stale: bool,
+}
+
+impl Loaded {
+    /// The `x-cache` value for this answer.
+    pub fn status(&self) -> CacheStatus {
+        if self.stale {
+            CacheStatus::Stale
+        } else if self.tier == TierKind::Origin {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        }
+    }
+}
+
+pub type Outcome = Result<Loaded, LoadError>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A miss: any usable tier value will do.
+    Miss,
+    /// Eager refresh: shared-tier values only count if they stay fresh for
+    /// a whole memory TTL; otherwise the origin is asked.
+    Refresh,
+}
+
+pub struct Profiles {
+    pub(super) chain: ArcSwap<Chain>,
+    pub(super) flights: Flights<Outcome>,
+    pub(super) fence: Fence,
+    pub(super) throttle: Throttle,
+    pub(super) origin: Arc<Origin>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) counters: Counters,
+    tasks: Tasks,
+}
+
+impl Profiles {
+    /// Builds the chain and the batcher; must run inside the tokio runtime.
+    /// Background work (the batcher, tier retries, loads) runs on `tasks`.
+    pub fn new(
+        cfg: &Config,
+        officer: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Result<Arc<Profiles>, Problem> {
+        let origin = Arc::new(Origin::new(target(cfg, officer), metrics.clone()));
+        let chain = Chain::build(cfg, None, &|_| true, origin.clone(), &tasks)?;
+        Ok(Arc::new(Profiles {
+            chain: ArcSwap::from_pointee(chain),
+            flights: Flights::default(),
+            fence: Fence::default(),
+            throttle: Throttle::default(),
+            counters: Counters::new(&metrics),
+            origin,
+            metrics,
+            tasks,
+        }))
+    }
+
+    /// Applies a reloaded config: cheap settings switch at once; a tier or
+    /// the batcher is rebuilt only when `changed` says its section did.
+    pub fn reconfigure(
+        &self,
+        cfg: &Config,
+        officer: Arc<Upstream>,
+        changed: &dyn Fn(&str) -> bool,
+    ) -> Result<(), Problem> {
+        let prev = self.chain.load_full();
+        let chain = Chain::build(cfg, Some(&prev), changed, self.origin.clone(), &self.tasks)?;
+        self.origin.retarget(target(cfg, officer));
+        self.chain.store(Arc::new(chain));
+        Ok(())
+    }
+
+    /// The id rules in force (pattern, request limit).
+    pub fn ids(&self) -> IdRules {
+        self.chain.load().ids.clone()
+    }
+
+    /// One id. Answers fresh memory hits without awaiting anything.
+    pub async fn get(self: &Arc<Self>, id: &str) -> Outcome {
+        if let Some(hit) = self.memory_hit(id, now_ms()) {
+            return Ok(hit);
+        }
+        let mut out = self.load(&[id.to_string()]).await;
+        out.pop()
+            .unwrap_or(Err(LoadError::Abandoned("lookup lost its result")))
+    }
+
+    /// Many distinct ids (the caller folds duplicates); answers in order.
+    pub async fn get_many(self: &Arc<Self>, ids: &[String]) -> Vec<Outcome> {
+        let now = now_ms();
+        let mut out: Vec<Option<Outcome>> = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.memory_hit(id, now) {
+                Some(hit) => out.push(Some(Ok(hit))),
+                None => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let want: Vec<String> = missing.iter().map(|&i| ids[i].clone()).collect();
+            for (i, r) in missing.into_iter().zip(self.load(&want).await) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or(Err(LoadError::Abandoned("lookup lost its result"))))
+            .collect()
+    }
+
+    /// The memory tier's answer, if it can answer: fresh, or stale while
+    /// the origin is being left alone after a failure.
+    fn memory_hit(self: &Arc<Self>, id: &str, now: u64) -> Option<Loaded> {
+        let chain = self.chain.load();
+        let Some(entry) = chain.memory.get(id) else {
+            self.counters.record(TierKind::Memory, false);
+            return None;
+        };
+        if entry.is_fresh(now) {
+            self.counters.record(TierKind::Memory, true);
+            if eager_due(&entry, now, chain.eager_refresh) && !self.flights.contains(id) {
+                self.refresh_in_background(id);
+            }
+            return Some(Loaded {
+                entry,
+                tier: TierKind::Memory,
+                stale: false,
+            });
+        }
+        if self.throttle.active(id, now) {
+            self.counters.record(TierKind::Memory, true);
+            return Some(Loaded {
+                entry,
+                tier: TierKind::Memory,
+                stale: true,
+            });
+        }
+        self.counters.record(TierKind::Memory, false);
+        None
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, id: &str) {
+        let joined = self.flights.join(&[id.to_string()]);
+        if !joined.owned.is_empty() {
+            self.tasks
+                .spawn_load(self.clone().run_flights(joined.owned, Mode::Refresh));
+        }
+    }
+
+    /// Loads ids below memory through the flights; starts over for ids
+    /// whose load was superseded by an invalidation.
+    async fn load(self: &Arc<Self>, ids: &[String]) -> Vec<Outcome> {
+        let mut results: Vec<Option<Outcome>> = vec![None; ids.len()];
+        let mut todo: Vec<usize> = (0..ids.len()).collect();
+        for _ in 0..MAX_ATTEMPTS {
+            let want: Vec<String> = todo.iter().map(|&i| ids[i].clone()).collect();
+            let joined = self.flights.join(&want);
+            self.metrics.coalesced.inc_by(joined.coalesced as u64);
+            if !joined.owned.is_empty() {
+                // Its own task: the load finishes for every waiter even if
+                // this request goes away.
+                self.tasks
+                    .spawn_load(self.clone().run_flights(joined.owned, Mode::Miss));
+            }
+            let mut again = Vec::new();
+            for (&i, (_, rx)) in todo.iter().zip(joined.waits) {
+                match coalesce::wait(rx).await {
+                    Ok(FlightEnd::Done(r)) => results[i] = Some(r),
+                    Ok(FlightEnd::Superseded) => again.push(i),
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            todo = again;
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(LoadError::Superseded)))
+            .collect()
+    }
+
+    async fn run_flights(self: Arc<Self>, owned: Vec<(String, FlightTx<Outcome>)>, mode: Mode) {
+        let mut guard = FlightGuard {
+            profiles: &self,
+            owned,
+        };
+        let ids: Vec<String> = guard.owned.iter().map(|(id, _)| id.clone()).collect();
+        let mut ends = self.resolve(&ids, mode).await;
+        for (id, tx) in guard.owned.drain(..) {
+            let end = ends
+                .remove(&id)
+                .unwrap_or(FlightEnd::Done(Err(LoadError::Abandoned(
+                    "no result for id",
+                ))));
+            tx.send_replace(Some(end));
+            self.flights.finish(&id, &tx);
+        }
+    }
+
+    /// The read-through chain for ids nobody else is loading.
+    async fn resolve(&self, ids: &[String], mode: Mode) -> HashMap<String, FlightEnd<Outcome>> {
+        let chain = self.chain.load_full();
+        // Tickets first: an invalidation from here on supersedes this load.
+        // They go back when this function returns, after the clean-up below.
+        let tickets: HashMap<&str, TicketGuard<'_>> = ids
+            .iter()
+            .map(|id| (id.as_str(), TicketGuard::new(&self.fence, id)))
+            .collect();
+        let now = now_ms();
+        let min_fresh = match mode {
+            Mode::Miss => 0,
+            Mode::Refresh => millis(chain.memory.ttl()),
+        };
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut fallback = Fallbacks::default();
+        for id in ids {
+            if let Some(e) = chain.memory.get(id) {
+                if e.is_usable(now) {
+                    fallback.offer(id, e, TierKind::Memory);
+                }
+            }
+        }
+        let mut superseded: Vec<String> = Vec::new();
+
+        // Ids a superseded load may have left an old value for in a shared
+        // tier go straight to the origin.
+        let (mut pending, distrusted): (Vec<String>, Vec<String>) = ids
+            .iter()
+            .cloned()
+            .partition(|id| self.fence.trusts_shared(&tickets[id.as_str()].ticket));
+        for (depth, l) in chain.lower.iter().enumerate() {
+            if pending.is_empty() {
+                break;
+            }
+            let kind = l.tier.kind();
+            let entries = match l.tier.get_many(&pending).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::debug!(tier = kind.as_str(), error = %e, "tier skipped");
+                    continue;
+                }
+            };
+            let mut hits = Vec::new();
+            let mut still = Vec::new();
+            for (id, entry) in pending.into_iter().zip(entries) {
+                match entry {
+                    Some(e) if e.fresh_until > now.saturating_add(min_fresh) => {
+                        self.counters.record(kind, true);
+                        hits.push((id, e));
+                    }
+                    Some(e) => {
+                        self.counters.record(kind, false);
+                        fallback.offer(&id, e, kind);
+                        still.push(id);
+                    }
+                    None => {
+                        self.counters.record(kind, false);
+                        still.push(id);
+                    }
+                }
+            }
+            pending = still;
+            if hits.is_empty() {
+                continue;
+            }
+            // Fill the shared tiers above this one, then memory.
+            put_all(chain.lower[..depth].iter().map(|l| &l.tier), &hits).await;
+            for (id, e) in hits {
+                let end = self.publish(&chain, &tickets[id.as_str()], e, kind);
+                if matches!(end, FlightEnd::Superseded) {
+                    superseded.push(id.clone());
+                }
+                out.insert(id, end);
+            }
+        }
+        pending.extend(distrusted);
+
+        if !pending.is_empty() {
+            let loads = join_all(pending.iter().map(|id| chain.batcher.load(id))).await;
+            let mut fresh = Vec::new();
+            for (id, r) in pending.into_iter().zip(loads) {
+                match r {
+                    Ok((body, started)) => {
+                        self.counters.record(TierKind::Origin, body.is_some());
+                        let fresh_for = if body.is_some() {
+                            ORIGIN_FRESH
+                        } else {
+                            chain.negative_ttl
+                        };
+                        fresh.push((id, Entry::from_origin(body, started, fresh_for)));
+                    }
+                    Err(e) => {
+                        let end = match fallback.take(&id) {
+                            Some((entry, tier)) => {
+                                self.fail_safe(&chain, &tickets[id.as_str()], entry, tier, now)
+                            }
+                            None => FlightEnd::Done(Err(e)),
+                        };
+                        out.insert(id, end);
+                    }
+                }
+            }
+            if !fresh.is_empty() {
+                // Shared tiers first, memory last under the fence: a fenced
+                // value is then taken out of the shared tiers again.
+                put_all(chain.lower_tiers(), &fresh).await;
+                for (id, e) in fresh {
+                    let end = self.publish(&chain, &tickets[id.as_str()], e, TierKind::Origin);
+                    if matches!(end, FlightEnd::Superseded) {
+                        superseded.push(id.clone());
+                    }
+                    out.insert(id, end);
+                }
+            }
+        }
+
+        if !superseded.is_empty() {
+            tracing::debug!(
+                count = superseded.len(),
+                "loads superseded by invalidations"
+            );
+            for tier in chain.lower_tiers() {
+                if let Err(e) = tier.remove(&superseded).await {
+                    tracing::warn!(tier = tier.kind().as_str(), error = %e, "could not remove a superseded value");
+                }
+            }
+        }
+        drop(tickets);
+        out
+    }
+
+    /// Origin failed for `id`: serve what we have. A value still fresh (an
+    /// eager refresh that failed) is served as a hit; a stale one as stale,
+    /// and the origin is left alone for this id for the throttle time.
+    fn fail_safe(
+        &self,
+        chain: &Chain,
+        ticket: &TicketGuard<'_>,
+        entry: Entry,
+        tier: TierKind,
+        now: u64,
+    ) -> FlightEnd<Outcome> {
+        if entry.is_fresh(now) {
+            return FlightEnd::Done(Ok(Loaded {
+                entry,
+                tier,
+                stale: false,
+            }));
+        }
+        self.throttle
+            .start(ticket.ticket.id(), now.saturating_add(chain.throttle_ms));
+        if tier != TierKind::Memory {
+            // Keep it near for the next requests; it stays stale. Not after
+            // an invalidation, though.
+            let _ = self.fence.publish(&ticket.ticket, || {
+                chain.memory.put(ticket.ticket.id(), &entry)
+            });
+        }
+        FlightEnd::Done(Ok(Loaded {
+            entry,
+            tier,
+            stale: true,
+        }))
+    }
+
+    /// Writes a loaded value to memory unless an invalidation superseded
+    /// its load.
+    fn publish(
+        &self,
+        chain: &Chain,
+        ticket: &TicketGuard<'_>,
+        entry: Entry,
+        tier: TierKind,
+    ) -> FlightEnd<Outcome> {
+        let id = ticket.ticket.id();
+        match self
+            .fence
+            .publish(&ticket.ticket, || chain.memory.put(id, &entry))
+        {
+            Admitted::Superseded => FlightEnd::Superseded,
+            Admitted::Yes(()) => {
+                self.throttle.clear(id);
+                FlightEnd::Done(Ok(Loaded {
+                    entry,
+                    tier,
+                    stale: false,
+                }))
+            }
+        }
+    }
+}
+
+/// Ends every flight a load task still owns if the task stops early (it
+/// panicked or the runtime is shutting down), so waiters get an error
+/// instead of waiting on a registry entry nobody will finish.
+struct FlightGuard<'a> {
+    profiles: &'a Profiles,
+    owned: Vec<(String, FlightTx<Outcome>)>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        for (id, tx) in self.owned.drain(..) {
+            tx.send_replace(Some(FlightEnd::Done(Err(LoadError::Abandoned(
+                "the load for this id stopped",
+            )))));
+            self.profiles.flights.finish(&id, &tx);
+        }
+    }
+}
+
+async fn put_all<'a>(tiers: impl Iterator<Item = &'a Arc<dyn Tier>>, entries: &[(String, Entry)]) {
+    let tiers: Vec<&Arc<dyn Tier>> = tiers.collect();
+    if tiers.is_empty() || entries.is_empty() {
+        return;
+    }
+    for (tier, r) in tiers
+        .iter()
+        .zip(join_all(tiers.iter().map(|t| t.put_many(entries))).await)
+    {
+        if let Err(e) = r {
+            tracing::debug!(tier = tier.kind().as_str(), error = %e, "tier write skipped");
+        }
+    }
+}
+
+fn target(cfg: &Config, upstream: Arc<Upstream>) -> OriginTarget {
+    OriginTarget {
+        upstream,
+        user_prefix: config::user_path_prefix(&cfg.profiles.user_path)
+            .unwrap_or("/api/users")
+            .to_string(),
+        batch_path: cfg.profiles.batch_path.clone(),
+    }
+}
