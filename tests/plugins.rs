@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use profile_edge::demo::sim::{user_id, SimOrigin};
+use profile_edge::testkit::{user_id, SimOrigin};
 use serde_json::Value;
 use support::*;
 

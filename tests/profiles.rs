@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
-use profile_edge::demo::sim::{user_id, SimMode};
+use profile_edge::testkit::{user_id, SimMode};
 use serde_json::Value;
 use support::*;
 

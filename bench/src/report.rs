@@ -305,7 +305,7 @@ pub fn write_results(path: &Path, m: &Machine, run: &RunInfo<'_>) -> Result<()> 
         s,
         "| load generators | `wrk` (Debian) for warm-hit throughput; the bench's own hyper client (HTTP/1.1 keep-alive, closed loop, one connection per in-flight request; h2c for the cold bursts) elsewhere, as each section says |"
     );
-    let _ = writeln!(s, "| origin | `profile_edge::demo::sim::SimOrigin` in the bench process (simulated Officer + Posts API, 20 ms per call unless a section says otherwise) |");
+    let _ = writeln!(s, "| origin | `profile_edge::testkit::SimOrigin` in the bench process (simulated Officer + Posts API, 20 ms per call unless a section says otherwise) |");
     let _ = writeln!(s);
     let _ = writeln!(
         s,

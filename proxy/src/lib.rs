@@ -26,3 +26,12 @@ pub mod units;
 
 pub use app::App;
 pub use config::Config;
+
+/// The one door to the simulated Officer and Posts API that the demo runs,
+/// for the integration tests in `tests/` and the programs in `bench/`.
+/// It is not part of the proxy's API and changes with them; the simulator
+/// itself stays private to `demo`.
+#[doc(hidden)]
+pub mod testkit {
+    pub use crate::demo::sim::{user_id, Profile, SimConfig, SimMode, SimOrigin, SimStats};
+}

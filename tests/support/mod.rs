@@ -483,8 +483,8 @@ impl Drop for RedisServer {
 }
 
 /// A simulated Officer (users `sim::user_id(0..users)`) with `latency` per call.
-pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::demo::sim::SimOrigin {
-    profile_edge::demo::sim::SimOrigin::start(profile_edge::demo::sim::SimConfig {
+pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::testkit::SimOrigin {
+    profile_edge::testkit::SimOrigin::start(profile_edge::testkit::SimConfig {
         users,
         latency,
         ..Default::default()

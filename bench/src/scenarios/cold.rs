@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use profile_edge::demo::sim::SimOrigin;
+use profile_edge::testkit::SimOrigin;
 
 use super::{note_proxy_log, origin_quiet, proxy_and_nginx, start_sim, user_path, Ctx};
 use crate::load::{fmt_us, median, micros, Dist, Req, H2};

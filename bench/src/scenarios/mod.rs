@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use profile_edge::demo::sim::{user_id, SimConfig, SimOrigin};
+use profile_edge::testkit::{user_id, SimConfig, SimOrigin};
 
 use crate::load::{self, Req, Spec};
 use crate::report::Section;

@@ -154,7 +154,7 @@ async fn outage(
     ctx: &Ctx,
     sec: &mut Section,
     tmp: &tempfile::TempDir,
-    sim: &profile_edge::demo::sim::SimOrigin,
+    sim: &profile_edge::testkit::SimOrigin,
 ) -> Result<()> {
     let (kill_at, run_for) = if ctx.quick {
         (Duration::from_secs(3), Duration::from_secs(8))

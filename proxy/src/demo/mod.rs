@@ -2,7 +2,7 @@
 //! proxy in front of them with `config/demo.toml` (compiled in, so the demo
 //! needs no files), and a printed list of curl commands to try.
 
-pub mod sim;
+pub(crate) mod sim;
 
 use std::io::Write;
 use std::net::SocketAddr;
