@@ -1,0 +1,106 @@
+//! `App::shutdown` leaves nothing running: a proxy started from a watched
+//! file, with the Redis tier, batching, a watched plugin and an enrich
+//! route, serves traffic of every kind, shuts down, and afterwards its
+//! task registry is empty and the runtime holds no more tasks than before
+//! it started.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+fn alive() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// One request on its own connection (`Connection: close`), so the test's
+/// client leaves no pooled connection task behind.
+async fn get_once(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head}"))
+}
+
+#[tokio::test]
+async fn no_task_outlives_app_shutdown() {
+    let redis = RedisServer::start().await;
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let plugin = repo_root().join("plugins/dist/enrich_posts.wasm");
+    assert!(plugin.exists(), "run `bash plugins/build.sh` first");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let text = profile_config(
+        &sim.officer_url(),
+        &format!(
+            "{}[upstreams.posts]\nurl = \"{}\"\ntimeout = \"2s\"\n\n\
+             [plugins.feed]\npath = \"{}\"\n\n\
+             [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
+            redis.tier_config(),
+            sim.posts_url(),
+            plugin.display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+
+    let before = alive();
+    let app = start_proxy_from_file(&path).await;
+    let tasks = app.state().tasks.clone();
+    let mut names = tasks.running_names();
+    names.dedup();
+    assert_eq!(
+        names,
+        vec![
+            "batcher",
+            "config-watch",
+            "plugin-watch",
+            "redis-remove-retry"
+        ],
+        "the background tasks this config starts"
+    );
+    let main = app.main_addr();
+    for i in 0..20 {
+        let path = format!("/api/users/{}", profile_edge::testkit::user_id(i));
+        assert_eq!(get_once(main, &path).await, 200);
+    }
+    assert_eq!(get_once(main, "/api/posts?limit=5").await, 200);
+    let followers = format!("/api/users/{}/followers", profile_edge::testkit::user_id(1));
+    assert_eq!(get_once(main, &followers).await, 200, "passthrough");
+    assert_eq!(
+        get_once(app.admin_addr(), "/admin/stats").await,
+        StatusCode::OK.as_u16()
+    );
+
+    app.shutdown().await;
+    assert_eq!(
+        tasks.running(),
+        0,
+        "tasks left: {:?}",
+        tasks.running_names()
+    );
+    // Connection tasks end with the drain; give the runtime a moment to
+    // reap the last of them (a condition, not a timing verdict).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks alive after shutdown, {before} before start",
+            alive()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.shutdown().await;
+}
