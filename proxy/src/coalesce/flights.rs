@@ -129,3 +129,69 @@ pub async fn wait<T: Clone>(mut rx: FlightRx<T>) -> Result<FlightEnd<T>, LoadErr
         Err(_) => Err(LoadError::Abandoned("the load for this id stopped")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_first_caller_owns_a_flight_and_later_ones_join_it() {
+        let f: Flights<u32> = Flights::default();
+        let a = f.join(&ids(&["x", "y"]));
+        assert_eq!(a.owned.len(), 2);
+        assert_eq!(a.coalesced, 0);
+        let b = f.join(&ids(&["y", "z"]));
+        assert_eq!(
+            b.owned.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+            ["z"]
+        );
+        assert_eq!(b.coalesced, 1);
+        assert_eq!(b.waits.len(), 2);
+        assert_eq!(f.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_waiter_gets_the_owners_result() {
+        let f: Flights<u32> = Flights::default();
+        let a = f.join(&ids(&["x"]));
+        let b = f.join(&ids(&["x"]));
+        let (id, tx) = a.owned.into_iter().next().expect("owned");
+        tx.send_replace(Some(FlightEnd::Done(7)));
+        f.finish(&id, &tx);
+        assert!(f.is_empty());
+        for (_, rx) in a.waits.into_iter().chain(b.waits) {
+            assert!(matches!(wait(rx).await, Ok(FlightEnd::Done(7))));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_flight_does_not_remove_its_successor() {
+        let f: Flights<u32> = Flights::default();
+        let old = f.join(&ids(&["x"]));
+        f.detach("x");
+        let new = f.join(&ids(&["x"]));
+        assert_eq!(new.owned.len(), 1, "after detach a new flight starts");
+        let (id, tx) = old.owned.into_iter().next().expect("owned");
+        tx.send_replace(Some(FlightEnd::Superseded));
+        f.finish(&id, &tx);
+        assert!(
+            f.contains("x"),
+            "the old owner finishing left the new flight"
+        );
+        let (_, rx) = old.waits.into_iter().next().expect("wait");
+        assert!(matches!(wait(rx).await, Ok(FlightEnd::Superseded)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_that_vanishes_fails_its_waiters() {
+        let f: Flights<u32> = Flights::default();
+        let a = f.join(&ids(&["x"]));
+        drop(a.owned);
+        let (_, rx) = a.waits.into_iter().next().expect("wait");
+        assert!(matches!(wait(rx).await, Err(LoadError::Abandoned(_))));
+    }
+}

@@ -188,3 +188,6 @@ async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
