@@ -125,7 +125,7 @@ pub async fn wait<T: Clone>(mut rx: FlightRx<T>) -> Result<FlightEnd<T>, LoadErr
     match rx.wait_for(|v| v.is_some()).await {
         Ok(v) => v
             .clone()
-            .ok_or_else(|| LoadError::Abandoned("flight ended without a value")),
+            .ok_or(LoadError::Abandoned("flight ended without a value")),
         Err(_) => Err(LoadError::Abandoned("the load for this id stopped")),
     }
 }

@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn single_ids_name_their_field() {
-        let e = rules(1).check("userId", "../x").unwrap_err();
+        let e = rules(1).check("userId", "../x").expect_err("refused");
         assert_eq!(
             e.to_string(),
             "userId = \"../x\" does not match profiles.id_pattern"
