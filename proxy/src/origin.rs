@@ -78,6 +78,36 @@ impl LoadError {
     }
 }
 
+/// What lookups and the batcher call: the Officer (`Origin`) in the
+/// product, a fake in unit tests.
+#[async_trait::async_trait]
+pub trait OriginSource: Send + Sync + 'static {
+    /// One batch call: the profiles the origin knows among `ids`.
+    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError>;
+    /// One single-id call: `None` when the origin does not know the id.
+    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError>;
+    /// Calls made so far, for `/admin/stats`.
+    fn calls(&self) -> OriginCalls;
+    /// Points later calls at a reloaded Officer upstream.
+    fn retarget(&self, target: OriginTarget);
+}
+
+#[async_trait::async_trait]
+impl OriginSource for Origin {
+    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError> {
+        Origin::fetch_batch(self, ids).await
+    }
+    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
+        Origin::fetch_one(self, id).await
+    }
+    fn calls(&self) -> OriginCalls {
+        Origin::calls(self)
+    }
+    fn retarget(&self, target: OriginTarget) {
+        Origin::retarget(self, target)
+    }
+}
+
 /// Where loads go; swapped on config reload.
 pub struct OriginTarget {
     pub upstream: Arc<Upstream>,
@@ -94,6 +124,7 @@ pub struct Origin {
 }
 
 /// Origin calls made so far, for `/admin/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OriginCalls {
     pub single: u64,
     pub batch: u64,

@@ -5,7 +5,6 @@
 //! flight and further ids queue for the next (full) batch. Results fan out
 //! per id; an origin error fails only the ids of its batch.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,27 +13,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::lifecycle::{Drain, Tasks};
-use crate::origin::{LoadError, Origin};
-
-/// What the batcher calls: the Officer (`Origin`) in the product, a fake in
-/// unit tests.
-#[async_trait::async_trait]
-pub trait OriginSource: Send + Sync + 'static {
-    /// One batch call: the profiles the origin knows among `ids`.
-    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError>;
-    /// One single-id call: `None` when the origin does not know the id.
-    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError>;
-}
-
-#[async_trait::async_trait]
-impl OriginSource for Origin {
-    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError> {
-        Origin::fetch_batch(self, ids).await
-    }
-    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
-        Origin::fetch_one(self, id).await
-    }
-}
+pub use crate::origin::OriginSource;
+use crate::origin::LoadError;
 
 /// Batching parameters (from `[coalescing]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use crate::config::{self, Config, Problem};
 use crate::http::upstream::Upstream;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
-use crate::origin::{LoadError, Origin, OriginTarget};
+use crate::origin::{LoadError, Origin, OriginSource, OriginTarget};
 use crate::tier::{millis, now_ms, Entry, Tier, TierKind};
 
 /// How many times a lookup starts over after its load was superseded by an
@@ -72,7 +72,7 @@ pub struct Profiles {
     pub(super) flights: Flights<Outcome>,
     pub(super) fence: Fence,
     pub(super) throttle: Throttle,
-    pub(super) origin: Arc<Origin>,
+    pub(super) origin: Arc<dyn OriginSource>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) counters: Counters,
     tasks: Tasks,
@@ -88,6 +88,16 @@ impl Profiles {
         tasks: Tasks,
     ) -> Result<Arc<Profiles>, Problem> {
         let origin = Arc::new(Origin::new(target(cfg, officer), metrics.clone()));
+        Profiles::with_origin(cfg, origin, metrics, tasks)
+    }
+
+    /// Like `new`, with any origin (unit tests use a fake).
+    pub fn with_origin(
+        cfg: &Config,
+        origin: Arc<dyn OriginSource>,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Result<Arc<Profiles>, Problem> {
         let chain = Chain::build(cfg, None, &|_| true, origin.clone(), &tasks)?;
         Ok(Arc::new(Profiles {
             chain: ArcSwap::from_pointee(chain),

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::{BatchParams, Batcher, OriginSource};
 use crate::lifecycle::Tasks;
-use crate::origin::LoadError;
+use crate::origin::{LoadError, OriginCalls, OriginTarget};
 
 /// Records every call; knows ids that start with `u`; fails batches that
 /// contain `boom`; holds each call until the gate gives it a permit.
@@ -67,6 +67,12 @@ impl OriginSource for FakeOrigin {
             .starts_with('u')
             .then(|| Bytes::from(format!("{{\"id\":\"{id}\"}}"))))
     }
+
+    fn calls(&self) -> OriginCalls {
+        OriginCalls::default()
+    }
+
+    fn retarget(&self, _: OriginTarget) {}
 }
 
 fn params() -> BatchParams {
