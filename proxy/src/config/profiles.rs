@@ -1,0 +1,39 @@
+//! `[profiles]`: which requests are profile lookups (routes, id pattern)
+//! and the limits on them.
+
+use serde::Deserialize;
+
+use crate::units::Dur;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilesConfig {
+    /// Ids that do not match get 400 and never reach a tier or the origin.
+    pub id_pattern: String,
+    /// Most ids one batch request may ask for; more gets 413.
+    pub max_request_ids: usize,
+    /// How long a 404 from the origin is remembered.
+    pub negative_ttl: Dur,
+    /// The single-profile route, here and on the Officer; must end in `/{id}`.
+    pub user_path: String,
+    /// The batch route, here and on the Officer.
+    pub batch_path: String,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        ProfilesConfig {
+            id_pattern: "^[0-9a-fA-F-]{1,64}$".into(),
+            max_request_ids: 1000,
+            negative_ttl: Dur::secs(30),
+            user_path: "/api/users/{id}".into(),
+            batch_path: "/api/users/batch".into(),
+        }
+    }
+}
+
+/// The part of `profiles.user_path` before `/{id}`, if the path is well formed.
+pub fn user_path_prefix(path: &str) -> Option<&str> {
+    let prefix = path.strip_suffix("/{id}")?;
+    (path.starts_with('/') && !prefix.contains('{')).then_some(prefix)
+}

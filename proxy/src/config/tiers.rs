@@ -1,0 +1,83 @@
+//! `[tiers.memory]` and `[tiers.redis]`: the cache tiers in front of the
+//! Officer.
+
+use serde::Deserialize;
+
+use crate::units::Dur;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TiersConfig {
+    pub memory: MemoryTierConfig,
+    /// Absent means the Redis tier is off.
+    pub redis: Option<RedisTierConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryTierConfig {
+    pub capacity: u64,
+    pub ttl: Dur,
+    /// Each entry's TTL is cut by a random share up to this (0 to 0.5), so
+    /// a warm-up does not expire all at once.
+    pub ttl_jitter: f64,
+    /// A hit on an entry past this share of its TTL refreshes it in the
+    /// background, so hot entries never expire under load (1.0 = off).
+    pub eager_refresh: f64,
+}
+
+impl Default for MemoryTierConfig {
+    fn default() -> Self {
+        MemoryTierConfig {
+            capacity: 100_000,
+            ttl: Dur::secs(300),
+            ttl_jitter: 0.1,
+            eager_refresh: 0.8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTierConfig {
+    /// `redis://`, `rediss://` or `unix://` URL.
+    pub url: String,
+    #[serde(default = "defaults::redis_ttl")]
+    pub ttl: Dur,
+    #[serde(default = "defaults::redis_prefix")]
+    pub key_prefix: String,
+    /// Per-call budget; a slower Redis counts as a failure.
+    #[serde(default = "defaults::redis_timeout")]
+    pub timeout: Dur,
+    /// Budget for (re)opening the connection.
+    #[serde(default = "defaults::redis_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips Redis before one trial call.
+    #[serde(default = "defaults::breaker_cooldown")]
+    pub breaker_cooldown: Dur,
+}
+
+mod defaults {
+    use crate::units::Dur;
+    pub fn redis_ttl() -> Dur {
+        Dur::secs(3600)
+    }
+    pub fn redis_prefix() -> String {
+        "pe:profile:".into()
+    }
+    pub fn redis_timeout() -> Dur {
+        Dur::millis(50)
+    }
+    pub fn redis_connect_timeout() -> Dur {
+        Dur::millis(250)
+    }
+    pub fn breaker_failures() -> u32 {
+        3
+    }
+    pub fn breaker_cooldown() -> Dur {
+        Dur::secs(1)
+    }
+}
