@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+use super::{same_socket, Problem};
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
@@ -34,5 +36,28 @@ impl AdminConfig {
         }
         let var = self.token_env.as_ref()?;
         std::env::var(var).ok().filter(|t| !t.is_empty())
+    }
+}
+
+impl AdminConfig {
+    /// Problems under `admin.*`; `server_listen` is there because the two
+    /// listeners cannot share an address.
+    pub fn validate(&self, server_listen: SocketAddr) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if same_socket(self.listen, server_listen) {
+            out.push(Problem::new(
+                "admin.listen",
+                "must differ from server.listen",
+            ));
+        }
+        if let Some(var) = &self.token_env {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                out.push(Problem::new(
+                    "admin.token_env",
+                    "must be an environment variable name",
+                ));
+            }
+        }
+        out
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::Problem;
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -30,5 +31,38 @@ impl Default for CoalescingConfig {
             max_wait: Dur::millis(10),
             batching: true,
         }
+    }
+}
+
+impl CoalescingConfig {
+    /// Problems under `coalescing.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.max_batch == 0 || self.max_batch > 1000 {
+            out.push(Problem::new(
+                "coalescing.max_batch",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.max_inflight_batches == 0 {
+            out.push(Problem::new(
+                "coalescing.max_inflight_batches",
+                "must be at least 1",
+            ));
+        }
+        let one_second = std::time::Duration::from_secs(1);
+        if self.max_wait.get() < self.window.get() || self.max_wait.get() > one_second {
+            out.push(Problem::new(
+                "coalescing.max_wait",
+                "must be at least coalescing.window and at most 1s",
+            ));
+        }
+        if self.window.get() > one_second {
+            out.push(Problem::new(
+                "coalescing.window",
+                "must be at most 1s: every cold lookup waits this long",
+            ));
+        }
+        out
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::Problem;
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -21,5 +22,16 @@ impl Default for FailSafeConfig {
             max_stale: Dur::secs(3600),
             throttle: Dur::secs(10),
         }
+    }
+}
+
+impl FailSafeConfig {
+    /// Problems under `fail_safe.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.throttle.get().is_zero() {
+            out.push(Problem::new("fail_safe.throttle", "must be more than 0"));
+        }
+        out
     }
 }

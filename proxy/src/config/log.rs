@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+use super::Problem;
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -25,5 +27,19 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
         }
+    }
+}
+
+impl LogConfig {
+    /// Problems under `log.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            out.push(Problem::new(
+                "log.level",
+                format!("not a valid filter: {e}"),
+            ));
+        }
+        out
     }
 }

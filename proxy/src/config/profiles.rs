@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::Problem;
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -36,4 +37,24 @@ impl Default for ProfilesConfig {
 pub fn user_path_prefix(path: &str) -> Option<&str> {
     let prefix = path.strip_suffix("/{id}")?;
     (path.starts_with('/') && !prefix.contains('{')).then_some(prefix)
+}
+
+impl ProfilesConfig {
+    /// Problems under `profiles.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Err(e) = regex::Regex::new(&self.id_pattern) {
+            out.push(Problem::new(
+                "profiles.id_pattern",
+                format!("not a valid regex: {e}"),
+            ));
+        }
+        if self.max_request_ids == 0 {
+            out.push(Problem::new(
+                "profiles.max_request_ids",
+                "must be at least 1",
+            ));
+        }
+        out
+    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::{file_must_exist, same_socket, Problem};
 use crate::units::{ByteSize, Dur};
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -59,4 +60,46 @@ pub struct TlsConfig {
     /// stays plaintext; when absent, `server.listen` itself speaks TLS.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    /// Problems under `server.*`, `server.tls` included.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.max_connections == 0 {
+            out.push(Problem::new("server.max_connections", "must be at least 1"));
+        }
+        if self.max_header_size.bytes() < 1024 {
+            out.push(Problem::new(
+                "server.max_header_size",
+                "must be at least 1KiB",
+            ));
+        }
+        if self.max_body_size.bytes() == 0 {
+            out.push(Problem::new("server.max_body_size", "must be more than 0"));
+        }
+        if self.header_read_timeout.get().is_zero() {
+            out.push(Problem::new(
+                "server.header_read_timeout",
+                "must be more than 0",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            out.push(Problem::new(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            file_must_exist(&mut out, "server.tls.cert", &tls.cert);
+            file_must_exist(&mut out, "server.tls.key", &tls.key);
+            if tls.listen.is_some_and(|a| same_socket(a, self.listen)) {
+                out.push(Problem::new(
+                    "server.tls.listen",
+                    "must differ from server.listen (leave it out to serve TLS on server.listen)",
+                ));
+            }
+        }
+        out
+    }
 }

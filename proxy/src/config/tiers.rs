@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::Problem;
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -79,5 +80,78 @@ mod defaults {
     }
     pub fn breaker_cooldown() -> Dur {
         Dur::secs(1)
+    }
+}
+
+impl MemoryTierConfig {
+    /// Problems under `tiers.memory.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.ttl.get().is_zero() {
+            out.push(Problem::new("tiers.memory.ttl", "must be more than 0"));
+        }
+        if self.capacity == 0 {
+            out.push(Problem::new("tiers.memory.capacity", "must be at least 1"));
+        }
+        if !(0.0..=0.5).contains(&self.ttl_jitter) {
+            out.push(Problem::new(
+                "tiers.memory.ttl_jitter",
+                "must be between 0 and 0.5",
+            ));
+        }
+        if !(self.eager_refresh > 0.0 && self.eager_refresh <= 1.0) {
+            out.push(Problem::new(
+                "tiers.memory.eager_refresh",
+                "must be more than 0 and at most 1 (1 turns it off)",
+            ));
+        }
+        out
+    }
+}
+
+impl RedisTierConfig {
+    /// Problems under `tiers.redis.*`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| self.url.starts_with(s));
+        if !ok {
+            out.push(Problem::new(
+                "tiers.redis.url",
+                format!(
+                    "{:?} must start with redis://, rediss:// or unix://",
+                    self.url
+                ),
+            ));
+        }
+        if let Err(e) = redis::Client::open(self.url.as_str()) {
+            out.push(Problem::new(
+                "tiers.redis.url",
+                format!("{:?}: {e}", self.url),
+            ));
+        }
+        if self.ttl.get().is_zero() {
+            out.push(Problem::new("tiers.redis.ttl", "must be more than 0"));
+        }
+        if self.timeout.get().is_zero() || self.connect_timeout.get().is_zero() {
+            out.push(Problem::new(
+                "tiers.redis.timeout",
+                "timeouts must be more than 0",
+            ));
+        }
+        if self.breaker_failures == 0 {
+            out.push(Problem::new(
+                "tiers.redis.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.key_prefix.is_empty() {
+            out.push(Problem::new(
+                "tiers.redis.key_prefix",
+                "must not be empty: the prefix keeps profile keys apart from other data",
+            ));
+        }
+        out
     }
 }

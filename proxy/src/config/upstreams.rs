@@ -2,10 +2,12 @@
 //! the one profile lookups and passthrough use, `[[enrich]]` routes name the
 //! others.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::{file_must_exist, Problem};
 use crate::units::Dur;
 
 /// The name of the upstream that profile lookups and passthrough go to.
@@ -74,5 +76,47 @@ mod defaults {
     }
     pub fn pool_idle_timeout() -> Dur {
         Dur::secs(90)
+    }
+}
+
+/// Problems in every `[upstreams.NAME]` table, and a missing `officer`.
+pub(super) fn validate_upstreams(upstreams: &BTreeMap<String, UpstreamConfig>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if !upstreams.contains_key(OFFICER) {
+        out.push(Problem::new(
+            "upstreams.officer",
+            "is required: it is the Officer API that profile-edge fronts",
+        ));
+    }
+    for (name, up) in upstreams {
+        out.extend(up.validate(name));
+    }
+    out
+}
+
+impl UpstreamConfig {
+    /// Problems under `upstreams.{name}.*`.
+    pub fn validate(&self, name: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let key = |k: &str| format!("upstreams.{name}.{k}");
+        if let Err(reason) = parse_base_url(&self.url) {
+            out.push(Problem::new(key("url"), reason));
+        }
+        if self.timeout.get().is_zero() {
+            out.push(Problem::new(key("timeout"), "must be more than 0"));
+        }
+        if self.connect_timeout.get().is_zero() {
+            out.push(Problem::new(key("connect_timeout"), "must be more than 0"));
+        }
+        if let Some(ca) = &self.ca_file {
+            file_must_exist(&mut out, &key("ca_file"), ca);
+        }
+        if self.h2c && self.url.starts_with("https:") {
+            out.push(Problem::new(
+                key("h2c"),
+                "applies to http:// upstreams only; https negotiates HTTP/2 by ALPN",
+            ));
+        }
+        out
     }
 }
