@@ -55,6 +55,48 @@ impl ProfilesConfig {
                 "must be at least 1",
             ));
         }
+        // Without this, a malformed path made the router fall back to
+        // /api/users without a word.
+        if user_path_prefix(&self.user_path).is_none() {
+            out.push(Problem::new(
+                "profiles.user_path",
+                format!(
+                    "{:?} must start with '/' and end in '/{{id}}', with no other '{{'",
+                    self.user_path
+                ),
+            ));
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_user_path(user_path: &str) -> ProfilesConfig {
+        ProfilesConfig {
+            user_path: user_path.into(),
+            ..ProfilesConfig::default()
+        }
+    }
+
+    #[test]
+    fn user_path_must_end_in_id() {
+        for ok in ["/api/users/{id}", "/{id}", "/v2/people/{id}"] {
+            assert!(with_user_path(ok).validate().is_empty(), "{ok}");
+        }
+        for bad in [
+            "/api/users",
+            "/api/users/{id}/",
+            "api/users/{id}",
+            "/api/{org}/{id}",
+            "",
+        ] {
+            let p = with_user_path(bad).validate();
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!(p[0].key, "profiles.user_path");
+            assert!(p[0].reason.contains("/{id}"), "{p:?}");
+        }
     }
 }
