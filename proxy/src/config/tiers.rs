@@ -134,10 +134,15 @@ impl RedisTierConfig {
         if self.ttl.get().is_zero() {
             out.push(Problem::new("tiers.redis.ttl", "must be more than 0"));
         }
-        if self.timeout.get().is_zero() || self.connect_timeout.get().is_zero() {
+        // One check per key: a zero connect_timeout used to be reported
+        // as tiers.redis.timeout.
+        if self.timeout.get().is_zero() {
+            out.push(Problem::new("tiers.redis.timeout", "must be more than 0"));
+        }
+        if self.connect_timeout.get().is_zero() {
             out.push(Problem::new(
-                "tiers.redis.timeout",
-                "timeouts must be more than 0",
+                "tiers.redis.connect_timeout",
+                "must be more than 0",
             ));
         }
         if self.breaker_failures == 0 {
@@ -153,5 +158,26 @@ impl RedisTierConfig {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redis(extra: &str) -> RedisTierConfig {
+        toml::from_str(&format!("url = \"redis://127.0.0.1:6379\"\n{extra}")).expect("parses")
+    }
+
+    #[test]
+    fn each_zero_timeout_names_its_own_key() {
+        assert!(redis("").validate().is_empty());
+        let keys =
+            |extra| -> Vec<String> { redis(extra).validate().into_iter().map(|p| p.key).collect() };
+        assert_eq!(keys("timeout = \"0s\""), vec!["tiers.redis.timeout"]);
+        assert_eq!(
+            keys("connect_timeout = \"0s\""),
+            vec!["tiers.redis.connect_timeout"]
+        );
     }
 }
