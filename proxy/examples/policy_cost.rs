@@ -15,7 +15,7 @@ fn main() {
         .expect("usage: policy_cost FILE.wasm");
     let text = format!(
         "[upstreams.officer]\nurl = \"http://127.0.0.1:1\"\n[upstreams.posts]\nurl = \"http://127.0.0.1:2\"\n\
-         [plugins.p]\npath = \"{path}\"\ndeadline = \"1s\"\n[[enrich]]\npath_prefix = \"/\"\nupstream = \"posts\"\nplugin = \"p\"\n"
+         [plugins.p]\npath = \"{path}\"\ndeadline = \"1s\"\n[[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"p\"\n"
     );
     let config = Config::parse(&text, "bench").unwrap();
     // Load it the way the proxy does (compile, type-check, smoke test).

@@ -85,7 +85,7 @@ impl App {
     async fn start_with_state(state: Arc<State>) -> Result<App, StartError> {
         let rt = state.runtime();
         // Plugins load before the listeners open: ready means they serve.
-        let problems = state.plugins.apply(&rt.config, false).await;
+        let problems = state.plugins.apply(&rt.config, None).await;
         if !problems.is_empty() {
             return Err(StartError::Config(ConfigError {
                 file: "(plugins)".into(),

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::lifecycle::{Drain, Tasks};
-pub use crate::origin::OriginSource;
 use crate::origin::LoadError;
+pub use crate::origin::OriginSource;
 
 /// Batching parameters (from `[coalescing]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

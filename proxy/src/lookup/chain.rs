@@ -123,17 +123,3 @@ impl Chain {
         self.lower.iter().map(|l| &l.tier)
     }
 }
-
-/// Which sections differ between two configs, for the parts the chain
-/// rebuilds.
-pub fn sections_changed(old: &Config, new: &Config) -> impl Fn(&str) -> bool {
-    let memory = old.tiers.memory != new.tiers.memory;
-    let redis = old.tiers.redis != new.tiers.redis;
-    let coalescing = old.coalescing != new.coalescing;
-    move |key| match key {
-        "tiers.memory" => memory,
-        "tiers.redis" => redis,
-        "coalescing" => coalescing,
-        _ => true,
-    }
-}

@@ -26,6 +26,7 @@ use crate::http::upstream::Upstream;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::origin::{LoadError, Origin, OriginSource, OriginTarget};
+use crate::reload::ConfigDiff;
 use crate::tier::{millis, now_ms, Entry, Tier, TierKind};
 
 /// How many times a lookup starts over after its load was superseded by an
@@ -112,15 +113,16 @@ impl Profiles {
     }
 
     /// Applies a reloaded config: cheap settings switch at once; a tier or
-    /// the batcher is rebuilt only when `changed` says its section did.
+    /// the batcher is rebuilt only when the diff says its section changed.
     pub fn reconfigure(
         &self,
         cfg: &Config,
         officer: Arc<Upstream>,
-        changed: &dyn Fn(&str) -> bool,
+        diff: &ConfigDiff,
     ) -> Result<(), Problem> {
         let prev = self.chain.load_full();
-        let chain = Chain::build(cfg, Some(&prev), changed, self.origin.clone(), &self.tasks)?;
+        let changed = |key: &str| diff.changed(key);
+        let chain = Chain::build(cfg, Some(&prev), &changed, self.origin.clone(), &self.tasks)?;
         self.origin.retarget(target(cfg, officer));
         self.chain.store(Arc::new(chain));
         Ok(())

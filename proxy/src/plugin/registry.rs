@@ -19,6 +19,7 @@ use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prep
 use crate::config::{Config, PluginConfig};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
+use crate::reload::ConfigDiff;
 
 /// The canned input of the smoke test. A policy must handle it without
 /// error before it serves.
@@ -189,8 +190,14 @@ impl Plugins {
     /// Brings the loaded set in line with a config: loads new or changed
     /// plugins, drops unnamed ones. Returns the problems as `(name, reason)`;
     /// a plugin that failed keeps its last good version if it had one.
-    /// `counted` is false for the start-up load, which is not a reload.
-    pub async fn apply(self: &Arc<Self>, config: &Config, counted: bool) -> Vec<(String, String)> {
+    /// `diff` is the reload's; `None` at start-up, which loads everything
+    /// and is not counted as a reload.
+    pub async fn apply(
+        self: &Arc<Self>,
+        config: &Config,
+        diff: Option<&ConfigDiff>,
+    ) -> Vec<(String, String)> {
+        let counted = diff.is_some();
         let _guard = self.loading.lock().await;
         let wanted: BTreeMap<String, Wanted> = config
             .plugins
@@ -210,7 +217,10 @@ impl Plugins {
         let mut next: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
         let current = self.loaded.load_full();
         for (name, w) in &wanted {
-            let unchanged = old_wanted.get(name) == Some(w);
+            // Its section as the diff sees it, plus the world, which the
+            // enrich and invalidation sections decide.
+            let unchanged = diff.is_some_and(|d| !d.changed(&format!("plugins.{name}")))
+                && old_wanted.get(name).map(|o| o.world) == Some(w.world);
             match (current.get(name), unchanged) {
                 (Some(p), true) if self.file_sha(&w.cfg).as_deref() == Some(p.sha256.as_str()) => {
                     next.insert(name.clone(), p.clone());

@@ -4,7 +4,10 @@
 //! publish. An invalid file is logged and counted and the running config
 //! stays. `/admin/reload` goes through the same `reload_config`.
 
+pub mod diff;
 pub mod fs_watch;
+
+pub use diff::ConfigDiff;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
@@ -69,10 +72,14 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             return Err(e);
         }
     };
-    let changed = crate::lookup::chain::sections_changed(&state.runtime().config, &runtime.config);
+    // Diffed once, against the config in force: reloads are serialised by
+    // `reload_guard` and only a reload publishes, so it cannot go stale
+    // before `publish` below.
+    let diff = ConfigDiff::new(&state.runtime().config, &runtime.config);
+    tracing::debug!(changed = ?diff.sections().collect::<Vec<_>>(), "config diff");
     if let Err(p) = state
         .profiles
-        .reconfigure(&runtime.config, runtime.officer.clone(), &changed)
+        .reconfigure(&runtime.config, runtime.officer.clone(), &diff)
     {
         state.metrics.reload("config", false);
         return Err(ConfigError {
@@ -82,10 +89,10 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
     }
     // Plugins added, removed or re-pointed load now; one that fails keeps
     // its last good version and is reported on its own, not as a config error.
-    for (name, reason) in state.plugins.apply(&runtime.config, true).await {
+    for (name, reason) in state.plugins.apply(&runtime.config, Some(&diff)).await {
         tracing::error!(plugin = %name, %reason, "plugin from the new config rejected");
     }
-    let needs_restart = restart_keys(&state.runtime().config, &runtime.config);
+    let needs_restart = diff.needs_restart();
     state.publish(runtime);
     state.metrics.reload("config", true);
     Ok(ReloadOutcome::Applied { needs_restart })
@@ -110,29 +117,6 @@ pub fn log_outcome(result: &Result<ReloadOutcome, ConfigError>, trigger: &str) {
             }
         }
     }
-}
-
-/// Keys bound at start-up (sockets, the connection semaphore).
-fn restart_keys(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    if old.server.listen != new.server.listen {
-        keys.push("server.listen".into());
-    }
-    let tls_listen = |c: &Config| c.server.tls.as_ref().map(|t| t.listen);
-    let tls_on = |c: &Config| c.server.tls.is_some();
-    if tls_on(old) != tls_on(new) || tls_listen(old) != tls_listen(new) {
-        keys.push("server.tls".into());
-    }
-    if old.server.max_connections != new.server.max_connections {
-        keys.push("server.max_connections".into());
-    }
-    if old.admin.listen != new.admin.listen {
-        keys.push("admin.listen".into());
-    }
-    if old.log != new.log {
-        keys.push("log".into());
-    }
-    keys
 }
 
 fn one_problem(file: &str, reason: String) -> ConfigError {
@@ -171,22 +155,4 @@ pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatche
             }
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_changes_need_restart() {
-        let old = Config::default();
-        let mut new = Config::default();
-        new.server.listen = "127.0.0.1:1".parse().expect("addr");
-        new.admin.listen = "127.0.0.1:2".parse().expect("addr");
-        assert_eq!(
-            restart_keys(&old, &new),
-            vec!["server.listen", "admin.listen"]
-        );
-        assert!(restart_keys(&old, &old.clone()).is_empty());
-    }
 }
