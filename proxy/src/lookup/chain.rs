@@ -119,6 +119,31 @@ impl Chain {
         })
     }
 
+    /// This chain with `tier` added below the configured ones (unit tests
+    /// put a fake shared tier there).
+    #[cfg(test)]
+    pub fn with_lower(&self, key: &'static str, tier: Arc<dyn Tier>) -> Chain {
+        let mut lower: Vec<Lower> = self
+            .lower
+            .iter()
+            .map(|l| Lower {
+                key: l.key,
+                tier: l.tier.clone(),
+            })
+            .collect();
+        lower.push(Lower { key, tier });
+        Chain {
+            memory: self.memory.clone(),
+            lower,
+            batcher: self.batcher.clone(),
+            ids: self.ids.clone(),
+            negative_ttl: self.negative_ttl,
+            throttle_ms: self.throttle_ms,
+            eager_refresh: self.eager_refresh,
+            max_stale: self.max_stale,
+        }
+    }
+
     pub fn lower_tiers(&self) -> impl Iterator<Item = &Arc<dyn Tier>> {
         self.lower.iter().map(|l| &l.tier)
     }

@@ -18,3 +18,6 @@ pub mod status;
 pub use ids::{IdError, IdRules};
 pub use profiles::{Loaded, Outcome, Profiles};
 pub use status::CacheStatus;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! Lookups against a fake shared tier and a fake origin: coalescing,
+//! fencing and the fail-safe as counts and orderings. The origin holds each
+//! call at a gate the test opens, so every interleaving is chosen, not
+//! raced.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use super::Profiles;
+use crate::config::Config;
+use crate::lifecycle::Tasks;
+use crate::metrics::Metrics;
+use crate::origin::{LoadError, OriginCalls, OriginSource, OriginTarget};
+use crate::tier::{now_ms, Entry, Tier, TierError, TierKind};
+
+/// A shared tier in a map, counting reads per id.
+#[derive(Default)]
+struct FakeTier {
+    map: Mutex<HashMap<String, Entry>>,
+    reads: Mutex<HashMap<String, usize>>,
+}
+
+impl FakeTier {
+    fn body(&self, id: &str) -> Option<Bytes> {
+        self.map
+            .lock()
+            .expect("lock")
+            .get(id)
+            .and_then(|e| e.body.clone())
+    }
+    fn reads(&self, id: &str) -> usize {
+        self.reads
+            .lock()
+            .expect("lock")
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+#[async_trait::async_trait]
+impl Tier for FakeTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Redis
+    }
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError> {
+        let map = self.map.lock().expect("lock");
+        let mut reads = self.reads.lock().expect("lock");
+        Ok(ids
+            .iter()
+            .map(|id| {
+                *reads.entry(id.clone()).or_default() += 1;
+                map.get(id).cloned()
+            })
+            .collect())
+    }
+    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<(), TierError> {
+        let mut map = self.map.lock().expect("lock");
+        for (id, e) in entries {
+            map.insert(id.clone(), e.clone());
+        }
+        Ok(())
+    }
+    async fn remove(&self, ids: &[String]) -> Result<(), TierError> {
+        let mut map = self.map.lock().expect("lock");
+        for id in ids {
+            map.remove(id);
+        }
+        Ok(())
+    }
+}
+
+/// The Officer as a version counter per id: a profile is
+/// `{"id":..,"v":N}` with N taken when the call arrives. Calls wait at the
+/// gate; `failing` makes every call fail.
+struct FakeOrigin {
+    versions: Mutex<HashMap<String, u64>>,
+    calls: Mutex<Vec<Vec<String>>>,
+    arrived: Semaphore,
+    gate: Semaphore,
+    failing: Mutex<bool>,
+}
+
+impl FakeOrigin {
+    fn new(open: bool) -> Arc<FakeOrigin> {
+        Arc::new(FakeOrigin {
+            versions: Mutex::default(),
+            calls: Mutex::default(),
+            arrived: Semaphore::new(0),
+            gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
+            failing: Mutex::new(false),
+        })
+    }
+    fn bump(&self, id: &str) {
+        *self
+            .versions
+            .lock()
+            .expect("lock")
+            .entry(id.to_string())
+            .or_insert(1) += 1;
+    }
+    fn calls(&self) -> usize {
+        self.calls.lock().expect("lock").len()
+    }
+    fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+fn profile(id: &str, v: u64) -> Bytes {
+    Bytes::from(format!("{{\"id\":\"{id}\",\"v\":{v}}}"))
+}
+
+#[async_trait::async_trait]
+impl OriginSource for FakeOrigin {
+    async fn fetch_batch(&self, ids: &[String]) -> Result<HashMap<String, Bytes>, LoadError> {
+        self.calls.lock().expect("lock").push(ids.to_vec());
+        let snapshot: HashMap<String, Bytes> = {
+            let v = self.versions.lock().expect("lock");
+            ids.iter()
+                .map(|id| (id.clone(), profile(id, v.get(id).copied().unwrap_or(1))))
+                .collect()
+        };
+        self.arrived.add_permits(1);
+        self.gate.acquire().await.expect("gate").forget();
+        if *self.failing.lock().expect("lock") {
+            return Err(LoadError::Status {
+                call: "batch",
+                status: 503,
+            });
+        }
+        Ok(snapshot)
+    }
+    async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
+        let mut m = self.fetch_batch(&[id.to_string()]).await?;
+        Ok(m.remove(id))
+    }
+    fn calls(&self) -> OriginCalls {
+        OriginCalls::default()
+    }
+    fn retarget(&self, _: OriginTarget) {}
+}
+
+struct Setup {
+    profiles: Arc<Profiles>,
+    origin: Arc<FakeOrigin>,
+    tier: Arc<FakeTier>,
+    metrics: Arc<Metrics>,
+    tasks: Tasks,
+}
+
+fn setup(open: bool) -> Setup {
+    let mut cfg = Config::default();
+    cfg.profiles.id_pattern = "^[a-z0-9]+$".into();
+    let origin = FakeOrigin::new(open);
+    let metrics = Arc::new(Metrics::new());
+    let tasks = Tasks::new();
+    let profiles = Profiles::with_origin(&cfg, origin.clone(), metrics.clone(), tasks.clone())
+        .expect("profiles");
+    let tier = Arc::new(FakeTier::default());
+    let chain = profiles.chain.load().with_lower("tiers.fake", tier.clone());
+    profiles.chain.store(Arc::new(chain));
+    Setup {
+        profiles,
+        origin,
+        tier,
+        metrics,
+        tasks,
+    }
+}
+
+fn version(body: &Option<Bytes>) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(body.as_deref().expect("a profile")).expect("json");
+    v["v"].as_u64().expect("v")
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_for_one_id_make_one_origin_call() {
+    let s = setup(false);
+    let mut waiters = Vec::new();
+    for _ in 0..200 {
+        let p = s.profiles.clone();
+        waiters.push(tokio::spawn(async move { p.get("u1").await }));
+    }
+    // Let every request reach the flight before the origin answers.
+    let _arrived = s.origin.arrived.acquire().await.expect("arrived");
+    while s.metrics.coalesced.get() < 199 {
+        tokio::task::yield_now().await;
+    }
+    s.origin.open();
+    for w in waiters {
+        let loaded = w.await.expect("task").expect("loaded");
+        assert_eq!(version(&loaded.entry.body), 1);
+    }
+    assert_eq!(s.origin.calls(), 1);
+    assert_eq!(s.metrics.coalesced.get(), 199);
+    // Filled on the way back: memory and the shared tier.
+    assert_eq!(
+        s.profiles.get("u1").await.expect("hit").tier,
+        TierKind::Memory
+    );
+    assert!(s.tier.body("u1").is_some());
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_during_a_load_wins_in_every_tier() {
+    let s = setup(false);
+    let p = s.profiles.clone();
+    let early = tokio::spawn(async move { p.get("u1").await });
+    // The load of version 1 is at the origin...
+    s.origin.arrived.acquire().await.expect("arrived").forget();
+    // ...when the profile changes and the invalidation lands.
+    s.origin.bump("u1");
+    s.profiles.invalidate("u1", "admin").await;
+    s.origin.open();
+    let loaded = early.await.expect("task").expect("loaded");
+    assert_eq!(
+        version(&loaded.entry.body),
+        2,
+        "the waiter got the new value"
+    );
+    assert_eq!(s.origin.calls(), 2, "the superseded load was redone once");
+    assert_eq!(
+        version(&s.tier.body("u1")),
+        2,
+        "no old value in the shared tier"
+    );
+    let again = s.profiles.get("u1").await.expect("hit");
+    assert_eq!(again.tier, TierKind::Memory);
+    assert_eq!(version(&again.entry.body), 2, "no old value in memory");
+    assert_eq!(s.profiles.fence.tracked(), 0, "every ticket returned");
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_after_an_invalidation_skips_shared_tiers_while_the_old_load_lives() {
+    let s = setup(false);
+    let p = s.profiles.clone();
+    let old = tokio::spawn(async move { p.get("u1").await });
+    s.origin.arrived.acquire().await.expect("arrived").forget();
+    assert_eq!(s.tier.reads("u1"), 1);
+    s.origin.bump("u1");
+    s.profiles.invalidate("u1", "admin").await;
+    // A new request while the superseded load is still at the origin: it
+    // must not trust what the old load may write to the shared tier.
+    let p = s.profiles.clone();
+    let new = tokio::spawn(async move { p.get("u1").await });
+    s.origin.arrived.acquire().await.expect("arrived").forget();
+    assert_eq!(
+        s.tier.reads("u1"),
+        1,
+        "the new load did not read the shared tier"
+    );
+    s.origin.open();
+    assert_eq!(
+        version(&new.await.expect("task").expect("ok").entry.body),
+        2
+    );
+    assert_eq!(
+        version(&old.await.expect("task").expect("ok").entry.body),
+        2
+    );
+    assert_eq!(version(&s.tier.body("u1")), 2);
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_origin_serves_the_stale_copy_and_is_left_alone() {
+    let s = setup(true);
+    *s.origin.failing.lock().expect("lock") = true;
+    let now = now_ms();
+    // A copy past its freshness but inside max_stale, in the shared tier.
+    let stale = Entry {
+        body: Some(profile("u1", 1)),
+        fetched_at: now - 120_000,
+        fresh_until: now - 60_000,
+        stale_until: now + 3_600_000,
+    };
+    s.tier
+        .put_many(&[("u1".to_string(), stale)])
+        .await
+        .expect("put");
+    let first = s.profiles.get("u1").await.expect("served stale");
+    assert!(first.stale);
+    assert_eq!(first.tier, TierKind::Redis);
+    assert_eq!(s.origin.calls(), 1, "one refresh attempt");
+    // Throttled: the next requests get the stale copy from memory without
+    // asking the origin.
+    for _ in 0..5 {
+        let again = s.profiles.get("u1").await.expect("served stale");
+        assert!(again.stale);
+        assert_eq!(again.tier, TierKind::Memory);
+    }
+    assert_eq!(s.origin.calls(), 1);
+    // Nothing to fall back on: the origin's error comes through.
+    assert!(matches!(
+        s.profiles.get("u2").await,
+        Err(LoadError::Status { status: 503, .. })
+    ));
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_many_answers_in_order_with_one_batch_for_the_misses() {
+    let s = setup(true);
+    s.profiles.get("u2").await.expect("warm");
+    let ids: Vec<String> = ["u1", "u2", "u3"].iter().map(|s| s.to_string()).collect();
+    let out = s.profiles.get_many(&ids).await;
+    let tiers: Vec<TierKind> = out.iter().map(|r| r.as_ref().expect("ok").tier).collect();
+    assert_eq!(
+        tiers,
+        [TierKind::Origin, TierKind::Memory, TierKind::Origin]
+    );
+    assert_eq!(s.origin.calls(), 2, "one call to warm, one batch for u1+u3");
+    assert_eq!(
+        s.origin.calls.lock().expect("lock")[1].len(),
+        2,
+        "the misses went out together"
+    );
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
