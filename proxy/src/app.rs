@@ -92,7 +92,10 @@ impl App {
                 problems: problems
                     .into_iter()
                     .map(|(name, reason)| {
-                        crate::config::Problem::new(format!("plugins.{name}.path"), reason)
+                        crate::config::Problem::new(
+                            format!("plugins.{name}.path"),
+                            reason.to_string(),
+                        )
                     })
                     .collect(),
             }));

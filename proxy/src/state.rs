@@ -129,7 +129,7 @@ impl State {
         })?;
         let plugins = Plugins::new(metrics.clone(), tasks.clone()).map_err(|e| ConfigError {
             file: "(plugins)".into(),
-            problems: vec![Problem::new("plugins", e)],
+            problems: vec![Problem::new("plugins", e.to_string())],
         })?;
         Ok(State {
             runtime: ArcSwap::from_pointee(runtime),

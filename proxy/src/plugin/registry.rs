@@ -15,6 +15,7 @@ use prometheus::{Histogram, IntCounter};
 use serde_json::json;
 
 use super::bindings::{Action, Profile};
+use super::error::PluginError;
 use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prepared, World};
 use crate::config::{Config, PluginConfig};
 use crate::lifecycle::Tasks;
@@ -117,8 +118,8 @@ impl LoadedPlugin {
     }
 
     /// Runs the canned input through the policy; the output must be usable.
-    fn smoke_test(&self) -> Result<(), String> {
-        let fail = |e: CallError| format!("failed its smoke test: {e}");
+    fn smoke_test(&self) -> Result<(), PluginError> {
+        let fail = PluginError::SmokeTest;
         match self.world() {
             World::Enrich => {
                 let ids = self.needed_ids(SMOKE_BODY).map_err(fail)?;
@@ -132,7 +133,7 @@ impl LoadedPlugin {
                     .collect();
                 let out = self.enrich(SMOKE_BODY, &profiles).map_err(fail)?;
                 serde_json::from_str::<serde::de::IgnoredAny>(&out)
-                    .map_err(|e| format!("failed its smoke test: output is not JSON: {e}"))?;
+                    .map_err(|e| PluginError::SmokeOutput(e.to_string()))?;
             }
             World::Invalidate => {
                 self.on_event(SMOKE_EVENT).map_err(fail)?;
@@ -169,7 +170,7 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    pub fn new(metrics: Arc<Metrics>, tasks: Tasks) -> Result<Arc<Plugins>, String> {
+    pub fn new(metrics: Arc<Metrics>, tasks: Tasks) -> Result<Arc<Plugins>, PluginError> {
         Ok(Arc::new(Plugins {
             tasks,
             runtime: PluginRuntime::global()?,
@@ -196,7 +197,7 @@ impl Plugins {
         self: &Arc<Self>,
         config: &Config,
         diff: Option<&ConfigDiff>,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(String, PluginError)> {
         let counted = diff.is_some();
         let _guard = self.loading.lock().await;
         let wanted: BTreeMap<String, Wanted> = config
@@ -282,7 +283,7 @@ impl Plugins {
         }
     }
 
-    fn rejected(&self, name: &str, reason: &str, counted: bool) {
+    fn rejected(&self, name: &str, reason: &PluginError, counted: bool) {
         tracing::error!(plugin = %name, reason = %reason, "plugin rejected; the last good version (if any) keeps serving");
         if counted {
             self.metrics.reload("plugin", false);
@@ -302,13 +303,13 @@ impl Plugins {
     }
 
     /// Compile, type-check and smoke-test off the async workers.
-    async fn load(&self, name: &str, w: &Wanted) -> Result<LoadedPlugin, String> {
+    async fn load(&self, name: &str, w: &Wanted) -> Result<LoadedPlugin, PluginError> {
         let runtime = self.runtime.clone();
         let meters = Meters::new(&self.metrics, name);
         let (name, w) = (name.to_string(), w.clone());
         tokio::task::spawn_blocking(move || load_plugin(&runtime, &name, &w.cfg, w.world, meters))
             .await
-            .map_err(|e| format!("loading task failed: {e}"))?
+            .map_err(|e| PluginError::Task(e.to_string()))?
     }
 
     /// Watches the directories of the plugin files; re-created when the set
@@ -412,7 +413,7 @@ fn load_plugin(
     cfg: &PluginConfig,
     world: Option<World>,
     meters: Meters,
-) -> Result<LoadedPlugin, String> {
+) -> Result<LoadedPlugin, PluginError> {
     let bytes = read(&cfg.path)?;
     let (prepared, sha256) = match world {
         Some(w) => runtime.prepare(&bytes, w)?,
@@ -442,7 +443,7 @@ fn load_plugin(
 }
 
 /// Checks one plugin the way a load does, for `profile-edge check`.
-pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<World, String> {
+pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<World, PluginError> {
     let runtime = PluginRuntime::global()?;
     let metrics = Metrics::new();
     let meters = Meters::new(&metrics, name);
@@ -450,11 +451,11 @@ pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<W
 }
 
 /// Loads one plugin outside a running proxy, for the `policy_cost` example.
-pub fn load_for_bench(config: &Config, name: &str) -> Result<LoadedPlugin, String> {
+pub fn load_for_bench(config: &Config, name: &str) -> Result<LoadedPlugin, PluginError> {
     let cfg = config
         .plugins
         .get(name)
-        .ok_or_else(|| format!("no [plugins.{name}]"))?;
+        .ok_or_else(|| PluginError::NotConfigured(name.to_string()))?;
     let runtime = PluginRuntime::global()?;
     let metrics = Metrics::new();
     load_plugin(
@@ -469,3 +470,6 @@ pub fn load_for_bench(config: &Config, name: &str) -> Result<LoadedPlugin, Strin
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+#[cfg(test)]
+mod tests;

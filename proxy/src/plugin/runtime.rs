@@ -23,6 +23,7 @@ use wasmtime::{
 use super::bindings::enrich::{profile_edge::policy::host, EnrichPolicyPre};
 use super::bindings::invalidate::InvalidatePolicyPre;
 use super::bindings::{Action, Level, Profile};
+use super::error::PluginError;
 
 /// The epoch ticks every millisecond; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -167,24 +168,25 @@ pub struct PluginRuntime {
 
 impl PluginRuntime {
     /// The shared runtime; its epoch ticker thread starts with it.
-    pub fn global() -> Result<Arc<PluginRuntime>, String> {
-        static RUNTIME: OnceLock<Result<Arc<PluginRuntime>, String>> = OnceLock::new();
+    pub fn global() -> Result<Arc<PluginRuntime>, PluginError> {
+        static RUNTIME: OnceLock<Result<Arc<PluginRuntime>, PluginError>> = OnceLock::new();
         RUNTIME.get_or_init(PluginRuntime::new).clone()
     }
 
-    fn new() -> Result<Arc<PluginRuntime>, String> {
+    fn new() -> Result<Arc<PluginRuntime>, PluginError> {
         let engine = match Engine::new(&engine_config(true)) {
             Ok(e) => e,
             Err(e) => {
                 // Some hosts refuse the pooling allocator's address-space
                 // reservation; instances then cost ~20 us instead of ~1 us.
                 tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand instances");
-                Engine::new(&engine_config(false)).map_err(|e| format!("wasmtime engine: {e}"))?
+                Engine::new(&engine_config(false))
+                    .map_err(|e| PluginError::Runtime(format!("wasmtime engine: {e}")))?
             }
         };
         let mut linker = Linker::new(&engine);
         host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| format!("linking host imports: {e}"))?;
+            .map_err(|e| PluginError::Runtime(format!("linking host imports: {e}")))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -195,7 +197,7 @@ impl PluginRuntime {
                     std::thread::sleep(TICK);
                 }
             })
-            .map_err(|e| format!("starting the epoch ticker: {e}"))?;
+            .map_err(|e| PluginError::Runtime(format!("starting the epoch ticker: {e}")))?;
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
@@ -205,27 +207,25 @@ impl PluginRuntime {
 
     /// Compiles (or takes from the cache) a component and links it for
     /// `world`. Errors are written for the operator who deployed the file.
-    pub fn prepare(&self, bytes: &[u8], world: World) -> Result<(Prepared, String), String> {
+    pub fn prepare(&self, bytes: &[u8], world: World) -> Result<(Prepared, String), PluginError> {
         let sha = hex(&Sha256::digest(bytes));
         let component = self.compile(bytes, &sha)?;
         let mut linker = self.linker.clone();
         self.define_hash_seed(&mut linker, &component)
-            .map_err(|e| format!("linking: {e}"))?;
+            .map_err(|e| PluginError::Link(e.to_string()))?;
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| format!("linking: {e}"))?;
+            .map_err(|e| PluginError::Link(e.to_string()))?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("linking: {e}"))?;
+            .map_err(|e| PluginError::Link(e.to_string()))?;
         let prepared = match world {
             World::Enrich => EnrichPolicyPre::new(pre).map(Prepared::Enrich),
             World::Invalidate => InvalidatePolicyPre::new(pre).map(Prepared::Invalidate),
         }
-        .map_err(|e| {
-            format!(
-                "does not implement world {} of profile-edge:policy@0.1.0 (built for another world or WIT version?): {e:#}",
-                world.as_str()
-            )
+        .map_err(|e| PluginError::WrongWorld {
+            world: world.as_str(),
+            reason: format!("{e:#}"),
         })?;
         Ok((prepared, sha))
     }
@@ -255,15 +255,15 @@ impl PluginRuntime {
         Ok(())
     }
 
-    fn compile(&self, bytes: &[u8], sha: &str) -> Result<Component, String> {
+    fn compile(&self, bytes: &[u8], sha: &str) -> Result<Component, PluginError> {
         if let Some(c) = self.compiled.lock().ok().and_then(|m| m.get(sha).cloned()) {
             return Ok(c);
         }
         if wasmparser_is_core_module(bytes) {
-            return Err("is a core WebAssembly module, not a component: build for wasm32-wasip2 (see plugins/README.md)".into());
+            return Err(PluginError::CoreModule);
         }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| format!("is not a valid WebAssembly component: {e:#}"))?;
+            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
         if let Ok(mut m) = self.compiled.lock() {
             m.insert(sha.to_string(), component.clone());
         }
@@ -394,6 +394,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Reads a plugin file, with errors that name it.
-pub fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|e| PluginError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }

@@ -1,0 +1,138 @@
+//! The registry with real components from `plugins/dist` (built by
+//! `plugins/build.sh`): loads, reuse across reloads, a rejected file that
+//! keeps the last good version, removal, and a swap on a file change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Plugins;
+use crate::config::Config;
+use crate::lifecycle::Tasks;
+use crate::metrics::Metrics;
+use crate::plugin::error::PluginError;
+use crate::plugin::runtime::World;
+use crate::reload::ConfigDiff;
+
+fn dist(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        p.display()
+    );
+    p
+}
+
+/// A config whose enrich route uses plugin `feed` at `path`; `with` false
+/// leaves the plugin out entirely.
+fn config(path: &Path, with: bool) -> Config {
+    let plugin = if with {
+        format!(
+            "[plugins.feed]\npath = \"{}\"\n\n[[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"officer\"\nplugin = \"feed\"\n",
+            path.display()
+        )
+    } else {
+        String::new()
+    };
+    let text = format!("[upstreams.officer]\nurl = \"http://127.0.0.1:9\"\n\n{plugin}");
+    Config::parse(&text, "t.toml").expect("valid config")
+}
+
+fn plugins() -> (Arc<Plugins>, Tasks) {
+    let tasks = Tasks::new();
+    let p = Plugins::new(Arc::new(Metrics::new()), tasks.clone()).expect("runtime");
+    (p, tasks)
+}
+
+#[tokio::test]
+async fn loads_reuses_rejects_and_removes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("feed.wasm");
+    std::fs::copy(dist("enrich_posts.wasm"), &path).expect("copy");
+    let (plugins, tasks) = plugins();
+
+    let c1 = config(&path, true);
+    assert!(plugins.apply(&c1, None).await.is_empty());
+    let first = plugins.get("feed").expect("loaded");
+    assert_eq!(first.world(), World::Enrich);
+
+    // A reload that changes nothing of the plugin keeps the very same load.
+    let mut c2 = c1.clone();
+    c2.profiles.negative_ttl = "5s".parse().expect("duration");
+    let diff = ConfigDiff::new(&c1, &c2);
+    assert!(plugins.apply(&c2, Some(&diff)).await.is_empty());
+    assert!(Arc::ptr_eq(&first, &plugins.get("feed").expect("kept")));
+
+    // Re-pointed at random bytes: refused by type, the last good version
+    // keeps serving, and the listing says why.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, [7u8; 64]).expect("write");
+    let c3 = config(&bad, true);
+    let problems = plugins.apply(&c3, Some(&ConfigDiff::new(&c2, &c3))).await;
+    assert_eq!(problems.len(), 1);
+    assert!(
+        matches!(problems[0].1, PluginError::NotAComponent(_)),
+        "{:?}",
+        problems[0].1
+    );
+    assert!(Arc::ptr_eq(
+        &first,
+        &plugins.get("feed").expect("last good")
+    ));
+    let listed = plugins.list();
+    assert!(
+        listed["plugins"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a valid WebAssembly component")),
+        "{listed}"
+    );
+
+    // Gone from the config: gone from the registry.
+    let c4 = config(&path, false);
+    assert!(plugins
+        .apply(&c4, Some(&ConfigDiff::new(&c3, &c4)))
+        .await
+        .is_empty());
+    assert!(plugins.get("feed").is_none());
+    plugins.stop_watching();
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_component_of_the_wrong_world_is_refused() {
+    let (plugins, tasks) = plugins();
+    let c = config(&dist("invalidate_profile.wasm"), true);
+    let problems = plugins.apply(&c, None).await;
+    assert_eq!(problems.len(), 1);
+    assert!(
+        matches!(&problems[0].1, PluginError::WrongWorld { world, .. } if *world == "enrich-policy"),
+        "{:?}",
+        problems[0].1
+    );
+    assert!(plugins.get("feed").is_none());
+    plugins.stop_watching();
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_changed_file_is_swapped_in_by_reload_changed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("feed.wasm");
+    std::fs::copy(dist("enrich_posts.wasm"), &path).expect("copy");
+    let (plugins, tasks) = plugins();
+    assert!(plugins.apply(&config(&path, true), None).await.is_empty());
+    let v1 = plugins.get("feed").expect("v1").sha256.clone();
+    std::fs::copy(dist("enrich_fields.wasm"), &path).expect("copy v2");
+    plugins.reload_changed().await;
+    let v2 = plugins.get("feed").expect("v2").sha256.clone();
+    assert_ne!(v1, v2, "the new file serves");
+    // The same content again: nothing reloads.
+    let before = plugins.get("feed").expect("v2");
+    plugins.reload_changed().await;
+    assert!(Arc::ptr_eq(&before, &plugins.get("feed").expect("same")));
+    plugins.stop_watching();
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
