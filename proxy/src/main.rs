@@ -1,4 +1,4 @@
-//! The `profile-edge` command line (SPEC section 2): run, check, demo.
+//! The `profile-edge` command line (README "Command line"): run, check, demo.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Prometheus metrics. The names and labels of SPEC section 6 are a contract;
+//! Prometheus metrics. The names and labels in README "Metrics" are a contract;
 //! every one is registered at start-up (with its known label values set to
 //! zero) so that dashboards and alerts see them before the first event.
 
@@ -32,7 +32,7 @@ pub struct Metrics {
     pub plugin_duration: HistogramVec,
     pub reloads: IntCounterVec,
     pub invalidations: IntCounterVec,
-    /// Not in SPEC: open client connections on the main listener(s).
+    /// Beyond the original contract: open client connections on the main listener(s).
     pub connections: IntGauge,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,

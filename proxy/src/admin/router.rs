@@ -1,4 +1,4 @@
-//! The admin listener (SPEC section 5): health, readiness, metrics and the
+//! The admin listener (README "Admin listener"): health, readiness, metrics and the
 //! mutating endpoints, which need `Authorization: Bearer <token>` when a
 //! token is configured. It runs on its own address so that it can stay on
 //! loopback while the main listener faces clients.

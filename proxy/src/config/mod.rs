@@ -1,4 +1,4 @@
-//! The configuration file (SPEC section 7): reading and parsing that names
+//! The configuration file (README "Configuration guide"): reading and parsing that names
 //! the offending key, and `validate()`, which runs right after parsing so
 //! that nothing downstream sees a config that has not passed it. Each
 //! section's serde struct, with its defaults, lives in its own file and is

@@ -1,5 +1,5 @@
 //! The error type at the HTTP boundary: every error the proxy itself produces
-//! maps to a status and the JSON body of SPEC section 4,
+//! maps to a status and the JSON body of README "Errors the proxy produces",
 //! `{"error": "<code>", "detail": "<human text>"}`.
 
 use http::StatusCode;

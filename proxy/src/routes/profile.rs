@@ -1,4 +1,4 @@
-//! The profile routes of the main listener (SPEC section 4): `GET
+//! The profile routes of the main listener (README "Main listener"): `GET
 //! {user_path}` and `POST {batch_path}`, answered from the tiers with
 //! `x-cache` and `x-cache-tier` headers. Ids are checked before anything
 //! else happens, so a bad id never reaches a tier or the origin.

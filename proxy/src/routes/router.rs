@@ -1,7 +1,7 @@
 //! The main listener's request path, top to bottom: limits that apply to
 //! every request, then the route (profile lookup, batch, or passthrough to
-//! the Officer), then metrics. Every error becomes the JSON body of SPEC
-//! section 4 here.
+//! the Officer), then metrics. Every error becomes its JSON body here
+//! (README "Errors the proxy produces").
 
 use std::sync::Arc;
 use std::time::Instant;
