@@ -3,6 +3,7 @@
 //! a bad id never reaches a tier, a Redis key or the origin.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -17,17 +18,18 @@ pub enum IdError {
 }
 
 /// `profiles.id_pattern` and `profiles.max_request_ids`, compiled once per
-/// config.
+/// config. Cloned per request, so the regex is shared, not copied (a cloned
+/// `Regex` would build its own match cache).
 #[derive(Clone, Debug)]
 pub struct IdRules {
-    pattern: Regex,
+    pattern: Arc<Regex>,
     max_request_ids: usize,
 }
 
 impl IdRules {
     pub fn new(pattern: Regex, max_request_ids: usize) -> IdRules {
         IdRules {
-            pattern,
+            pattern: Arc::new(pattern),
             max_request_ids,
         }
     }
