@@ -175,7 +175,7 @@ async fn a_second_instance_answers_warmed_ids_from_redis() {
 async fn a_dead_redis_costs_milliseconds_and_is_used_again_when_back() {
     let mut redis = RedisServer::start().await;
     let sim = sim_origin(500, Duration::from_millis(20)).await;
-    let text = profile_config(&sim.officer_url(), &redis.tier_config());
+    let text = profile_config(&sim.officer_url(), &redis.tier_config_fast());
     let a = start_proxy(&text).await;
     let c = client();
     let url = |app: &profile_edge::App, i: usize| {

@@ -333,11 +333,8 @@ pub fn repo_root() -> PathBuf {
 
 /// A free loopback port (for the binary, which is told its addresses).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The harness's registry: never a port handed to a Redis of this run.
+    profile_edge_harness::free_port().unwrap()
 }
 
 /// A child process that is killed when the test ends, pass or fail.
@@ -381,78 +378,36 @@ pub async fn spawn_binary(config: &Path, admin: SocketAddr) -> Proc {
 }
 
 /// A real `redis-server` on a free loopback port, started by the test and
-/// killed when dropped. Fails the test loudly when it cannot start.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
+/// killed when dropped (the harness shared with the bench, `tests/harness`).
+/// Fails the test loudly, with its log, when it cannot start.
+pub struct RedisServer(profile_edge_harness::RedisServer);
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.spawn().await;
-        r
+        match profile_edge_harness::RedisServer::start().await {
+            Ok(server) => RedisServer(server),
+            Err(e) => panic!("{e}"),
+        }
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); tests/run.sh installs it (apt-get install redis-server)")
-            });
-        self.child = Some(child);
-        for _ in 0..200 {
-            if self.ping().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server on port {} did not answer PING", self.port);
-    }
-
-    async fn ping(&self) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
-            return false;
-        };
-        if s.write_all(b"PING\r\n").await.is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 16];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
-            Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
-        )
+    pub fn port(&self) -> u16 {
+        self.0.port()
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        self.0.url()
     }
 
     /// Kills the server (SIGKILL): the proxy sees a dead Redis.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill();
     }
 
     /// Starts it again on the same port (empty).
     pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
+        if let Err(e) = self.0.restart().await {
+            panic!("{e}");
+        }
     }
 
     /// A direct connection for checks and for planting values.
@@ -463,22 +418,27 @@ impl RedisServer {
             .await
             .unwrap()
     }
-}
 
-impl RedisServer {
-    /// The Redis section for a proxy config using this server; short
-    /// timeout and breaker cooldown so failure tests run quickly.
+    /// The Redis section for a proxy config using this server. The Redis
+    /// timeouts have room (5 s) so that a loaded machine cannot make a
+    /// healthy Redis look failed; tests of a failing Redis use
+    /// [`RedisServer::tier_config_fast`].
     pub fn tier_config(&self) -> String {
+        self.tier_config_with("5s", "5s")
+    }
+
+    /// Like [`RedisServer::tier_config`] with the short timeout (50 ms) and
+    /// connect timeout (100 ms) a Redis failure test relies on. The breaker
+    /// cooldown is short (200 ms) in both, so failure tests run quickly.
+    pub fn tier_config_fast(&self) -> String {
+        self.tier_config_with("50ms", "100ms")
+    }
+
+    fn tier_config_with(&self, timeout: &str, connect_timeout: &str) -> String {
         format!(
-            "[tiers.redis]\nurl = \"{}\"\nttl = \"1h\"\nkey_prefix = \"pe:test:\"\ntimeout = \"50ms\"\nconnect_timeout = \"100ms\"\nbreaker_cooldown = \"200ms\"\n\n",
+            "[tiers.redis]\nurl = \"{}\"\nttl = \"1h\"\nkey_prefix = \"pe:test:\"\ntimeout = \"{timeout}\"\nconnect_timeout = \"{connect_timeout}\"\nbreaker_cooldown = \"200ms\"\n\n",
             self.url()
         )
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
