@@ -35,6 +35,8 @@ pub struct Seen {
 ///
 /// - `/status/{code}`: that status, header `x-origin-header: kept`, body `status {code}`
 /// - `/slow/{ms}`: sleeps, then 200 `slow`
+/// - `/gate`: waits until the test calls [`Origin::open_gate`], then 200
+///   `gated` (counted in `calls` on arrival, so a test can wait for it)
 /// - `/echo`: streams the request body straight back (full duplex)
 /// - `/bytes/{n}`: n bytes of a known pattern, streamed in 64 KiB chunks
 /// - anything else: 200 with body `{name} {method} {uri}`
@@ -43,6 +45,7 @@ pub struct Origin {
     pub name: &'static str,
     pub calls: Arc<AtomicU64>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,16 +69,18 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicU64::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (c, s) = (calls.clone(), seen.clone());
+        let gate = Arc::new(tokio::sync::watch::channel(false).0);
+        let (c, s, g) = (calls.clone(), seen.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (c, s, tls) = (c.clone(), s.clone(), tls.clone());
+                let (c, s, g, tls) = (c.clone(), s.clone(), g.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req| origin_handler(name, req, c.clone(), s.clone()));
+                    let svc = service_fn(move |req| {
+                        origin_handler(name, req, c.clone(), s.clone(), g.subscribe())
+                    });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
@@ -97,8 +102,14 @@ impl Origin {
             name,
             calls,
             seen,
+            gate,
             task,
         }
+    }
+
+    /// Lets every `/gate` request through, now and from now on.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     pub fn url(&self) -> String {
@@ -143,6 +154,7 @@ async fn origin_handler(
     req: Request<Incoming>,
     calls: Arc<AtomicU64>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    mut gate: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Response<TestBody>, Infallible> {
     calls.fetch_add(1, Ordering::SeqCst);
     seen.lock().unwrap().push(Seen {
@@ -170,6 +182,14 @@ async fn origin_handler(
             Response::builder()
                 .header("x-origin-name", name)
                 .body(full("slow"))
+                .unwrap()
+        }
+        "gate" => {
+            // An error means the origin is gone; answer anyway.
+            let _ = gate.wait_for(|open| *open).await;
+            Response::builder()
+                .header("x-origin-name", name)
+                .body(full("gated"))
                 .unwrap()
         }
         "echo" => {
