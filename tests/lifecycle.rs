@@ -23,7 +23,7 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     // default) have room for the held request on a loaded machine: only the
     // drain's behaviour is under test.
     let text = config_text_at(&origin.url(), &main.to_string(), &admin.to_string(), "")
-        .replace("timeout = \"1s\"", "timeout = \"30s\"");
+        .replace("timeout = \"10s\"", "timeout = \"30s\"");
     std::fs::write(&path, text).unwrap();
     let mut proc = spawn_binary(&path, admin).await;
 

@@ -163,8 +163,9 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn slow_upstream_gives_504_json() {
     let origin = Origin::start("officer").await;
-    // timeout is 1s in config_text; the origin takes 3s.
-    let app = start_proxy(&config_text(&origin.url(), "")).await;
+    // The timeout under test is 1 s; the origin takes 3 s.
+    let text = config_text(&origin.url(), "").replace("timeout = \"10s\"", "timeout = \"1s\"");
+    let app = start_proxy(&text).await;
     let c = client();
     let (status, headers, body) = get(&c, &format!("http://{}/slow/3000", app.main_addr())).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);

@@ -37,7 +37,7 @@ fn enrich_config(sim: &SimOrigin, plugin: &str) -> String {
     profile_config(
         &sim.officer_url(),
         &format!(
-            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"2s\"\n\n[plugins.feed]\n{plugin}\n\n\
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n[plugins.feed]\n{plugin}\n\n\
              [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
             sim.posts_url()
         ),
