@@ -19,19 +19,24 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let main: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let path = dir.path().join("edge.toml");
+    // The upstream timeout and the drain (`shutdown_timeout`, 30 s by
+    // default) have room for the held request on a loaded machine: only the
+    // drain's behaviour is under test.
     let text = config_text_at(&origin.url(), &main.to_string(), &admin.to_string(), "")
-        .replace("timeout = \"1s\"", "timeout = \"5s\"");
+        .replace("timeout = \"10s\"", "timeout = \"30s\"");
     std::fs::write(&path, text).unwrap();
     let mut proc = spawn_binary(&path, admin).await;
 
     let c = client();
-    let url = format!("http://{main}/slow/1500");
+    // The origin holds this request until the test opens its gate, so it
+    // is in flight when the signal lands, however slow the machine.
+    let url = format!("http://{main}/gate");
     let in_flight = tokio::spawn(async move { get(&c, &url).await });
     // Let the request reach the origin before the signal.
     let start = Instant::now();
     while origin.calls() == 0 {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            start.elapsed() < Duration::from_secs(30),
             "request never reached the origin"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -39,10 +44,26 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let pid = proc.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
+    // The proxy is draining once /readyz says 503; only then does the
+    // origin answer the held request.
+    let admin_client = client();
+    let start = Instant::now();
+    loop {
+        let (status, _, _) = get(&admin_client, &format!("http://{admin}/readyz")).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/readyz never turned 503 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    origin.open_gate();
 
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK, "in-flight request was cut off");
-    assert_eq!(&body[..], b"slow");
+    assert_eq!(&body[..], b"gated");
 
     // The process then exits by itself, cleanly.
     let start = Instant::now();
@@ -51,7 +72,7 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
             break s;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "no exit after the drain"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

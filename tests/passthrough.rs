@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -163,8 +163,9 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn slow_upstream_gives_504_json() {
     let origin = Origin::start("officer").await;
-    // timeout is 1s in config_text; the origin takes 3s.
-    let app = start_proxy(&config_text(&origin.url(), "")).await;
+    // The timeout under test is 1 s; the origin takes 3 s.
+    let text = config_text(&origin.url(), "").replace("timeout = \"10s\"", "timeout = \"1s\"");
+    let app = start_proxy(&text).await;
     let c = client();
     let (status, headers, body) = get(&c, &format!("http://{}/slow/3000", app.main_addr())).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -299,25 +300,44 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
         config_text(&origin.url(), "").replace("[server]\n", "[server]\nmax_connections = 1\n");
     let app = start_proxy(&text).await;
     let addr = app.main_addr();
-    // The first connection holds the only slot with a slow request.
+    // The first connection holds the only slot with a request the origin
+    // holds until the test opens its gate (no timing decides the order).
     let mut first = TcpStream::connect(addr).await.unwrap();
     first
-        .write_all(b"GET /slow/700 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /gate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    let start = Instant::now();
+    while origin.calls() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // The second connects (the kernel backlog takes it) but is not served
-    // while the first holds the slot.
+    // while the first holds the slot. Proving a non-event needs a window:
+    // for 300 ms it gets no answer. A slow machine can only make this miss
+    // a violation, never fail a correct proxy: the first request is held
+    // for as long as the test wants.
     let mut second = TcpStream::connect(addr).await.unwrap();
     second
         .write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte))
+            .await
+            .is_err(),
+        "the second connection was answered while the first held the slot"
+    );
     assert_eq!(
         origin.calls(),
         1,
         "the second connection was served beside the first"
     );
+    origin.open_gate();
     let mut out = Vec::new();
     first.read_to_end(&mut out).await.unwrap();
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));

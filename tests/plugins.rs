@@ -37,7 +37,7 @@ fn enrich_config(sim: &SimOrigin, plugin: &str) -> String {
     profile_config(
         &sim.officer_url(),
         &format!(
-            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"2s\"\n\n[plugins.feed]\n{plugin}\n\n\
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n[plugins.feed]\n{plugin}\n\n\
              [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
             sim.posts_url()
         ),
@@ -46,6 +46,25 @@ fn enrich_config(sim: &SimOrigin, plugin: &str) -> String {
 
 fn plugin_at(path: &Path, extra: &str) -> String {
     format!("path = \"{}\"\n{extra}", path.display())
+}
+
+/// The `deadline` line for a plugin whose deadline is not under test.
+fn roomy() -> String {
+    format!("deadline = \"{ROOMY_DEADLINE}\"\n")
+}
+
+/// Polls `done` until it is true; fails with `what` after 60 s, a safety
+/// net far past what any step takes, even on a loaded machine.
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what} (waited 60 s)");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn snapshots(body: &Value) -> Vec<Value> {
@@ -62,7 +81,7 @@ async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
     let sim = sim_origin(5000, Duration::from_millis(20)).await;
     let app = start_proxy(&enrich_config(
         &sim,
-        &plugin_at(&wasm("enrich_posts.wasm"), ""),
+        &plugin_at(&wasm("enrich_posts.wasm"), &roomy()),
     ))
     .await;
     let c = client();
@@ -128,7 +147,7 @@ async fn a_twenty_post_feed_is_enriched_with_one_origin_batch() {
 #[tokio::test]
 async fn over_size_answers_pass_through_unenriched() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let text = enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), "")).replace(
+    let text = enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), &roomy())).replace(
         "plugin = \"feed\"\n",
         "plugin = \"feed\"\nmax_body_size = \"1KiB\"\n",
     );
@@ -154,11 +173,33 @@ async fn over_size_answers_pass_through_unenriched() {
     app.shutdown().await;
 }
 
+/// A policy deadline no healthy call can reach, even on a loaded machine:
+/// for tests in which the deadline is not the limit under test.
+const ROOMY_DEADLINE: &str = "5s";
+/// The deadline for the policies that loop without end, which only a
+/// deadline stops: long enough for the smoke test (run under the same
+/// deadline) on a loaded machine, short enough to keep the test quick.
+const SPIN_DEADLINE: &str = "500ms";
+
+/// The deadline for a hostile fixture in `mode`: exactly one limit may trip
+/// per mode. `spin` allocates nothing, so only its deadline can stop it;
+/// every other mode gets a deadline far past what it needs (`hog` reaches
+/// the 16 MiB cap in 16 allocations of 1 MiB), so that it ends the way the
+/// test expects (`trap`, `error`, ...) and never by `timeout`.
+fn hostile_deadline(mode: &str) -> &'static str {
+    if mode == "spin" {
+        SPIN_DEADLINE
+    } else {
+        ROOMY_DEADLINE
+    }
+}
+
 /// Starts a proxy whose `feed` policy is the hostile fixture in `mode`.
 async fn hostile(sim: &SimOrigin, mode: &str, on_error: &str) -> profile_edge::App {
+    let deadline = hostile_deadline(mode);
     let section = plugin_at(
         &wasm("testing/hostile_enrich.wasm"),
-        &format!("on_error = \"{on_error}\"\nmemory_limit = \"16MiB\"\nconfig = {{ mode = \"{mode}\" }}\n"),
+        &format!("on_error = \"{on_error}\"\ndeadline = \"{deadline}\"\nmemory_limit = \"16MiB\"\nconfig = {{ mode = \"{mode}\" }}\n"),
     );
     start_proxy(&enrich_config(sim, &section)).await
 }
@@ -239,8 +280,9 @@ async fn log_floods_are_rate_limited() {
     assert_eq!(status, StatusCode::OK);
     let (_, _, body) = get(&c, &format!("http://{}/admin/plugins", app.admin_addr())).await;
     let list = json(&body);
-    // The guest tries 10 000 lines (as many as its deadline allows); at
-    // most 100 a second get through, the rest are dropped and counted.
+    // The guest writes 10 000 lines (its deadline, 5 s, has room for all
+    // of them: the rate limit is the one limit under test); at most 100 a
+    // second get through, the rest are dropped and counted.
     let dropped = list["plugins"][0]["log_lines_dropped"].as_u64().unwrap();
     assert!(dropped >= 1_000, "only {dropped} lines dropped");
     app.shutdown().await;
@@ -289,11 +331,14 @@ async fn a_policy_swapped_under_load_serves_within_two_seconds_without_a_failed_
     let live = dir.path().join("feed.wasm");
     std::fs::copy(wasm("enrich_posts.wasm"), &live).unwrap();
     // v2 (enrich_fields) reads this config and adds `location`; v1 ignores
-    // it. The deadline is generous: this test is about the swap, on a
-    // shared 2-core machine; deadlines have their own test.
+    // it. The deadline is roomy: this test is about the swap, on a shared
+    // 2-core machine; deadlines have their own test.
     let section = plugin_at(
         &live,
-        "deadline = \"250ms\"\nconfig = { fields = [\"id\", \"displayName\", \"avatarUrl\", \"location\"] }\n",
+        &format!(
+            "{}config = {{ fields = [\"id\", \"displayName\", \"avatarUrl\", \"location\"] }}\n",
+            roomy()
+        ),
     );
     let app = start_proxy(&enrich_config(&sim, &section)).await;
     let feed = format!("http://{}/api/posts?limit=5", app.main_addr());
@@ -334,18 +379,46 @@ async fn a_policy_swapped_under_load_serves_within_two_seconds_without_a_failed_
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Each phase lasts until what it waits for has happened (polled, with a
+    // deadline that is only a safety net), not for a fixed time.
+    let served_at_least = |n: u64, what: &'static str| {
+        let served = served.clone();
+        async move {
+            wait_until(what, || {
+                let served = served.clone();
+                async move { served.load(Ordering::SeqCst) >= n }
+            })
+            .await;
+        }
+    };
+    // v1 serves under load...
+    served_at_least(20, "the clients never got going").await;
+    // ...then v2 is renamed over it.
     let tmp = dir.path().join("feed.wasm.new");
     std::fs::copy(wasm("enrich_fields.wasm"), &tmp).unwrap();
     *swapped_at.lock().unwrap() = Some(Instant::now());
     std::fs::rename(&tmp, &live).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until("v2 never served", || {
+        let first_v2 = first_v2.clone();
+        async move { first_v2.lock().unwrap().is_some() }
+    })
+    .await;
+    let after_v2 = served.load(Ordering::SeqCst);
+    served_at_least(after_v2 + 20, "the clients stopped after the swap").await;
 
     // A broken file next: rejected, v2 keeps serving.
     let bad = dir.path().join("feed.wasm.bad");
     std::fs::write(&bad, b"definitely not wasm").unwrap();
     std::fs::rename(&bad, &live).unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let admin = app.admin_addr();
+    wait_until("the broken file was never rejected", || async move {
+        let rejected = r#"profile_edge_reloads_total{kind="plugin",outcome="rejected"}"#;
+        metric(&client(), admin, rejected).await >= 1.0
+    })
+    .await;
+    let after_reject = served.load(Ordering::SeqCst);
+    served_at_least(after_reject + 20, "the clients stopped after the rejection").await;
+    served_at_least(101, "the clients hardly ran").await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
@@ -422,7 +495,7 @@ async fn plugins_come_and_go_with_config_reloads() {
 
     std::fs::write(
         &path,
-        enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), "")),
+        enrich_config(&sim, &plugin_at(&wasm("enrich_posts.wasm"), &roomy())),
     )
     .unwrap();
     assert_eq!(
@@ -480,7 +553,7 @@ async fn a_profile_updated_event_makes_the_next_lookup_return_the_new_profile() 
     let sim = sim_origin(100, Duration::from_millis(1)).await;
     let app = start_proxy(&events_config(
         &sim,
-        &plugin_at(&wasm("invalidate_profile.wasm"), ""),
+        &plugin_at(&wasm("invalidate_profile.wasm"), &roomy()),
     ))
     .await;
     let c = client();
@@ -535,7 +608,10 @@ async fn a_failing_invalidation_policy_still_invalidates_the_user() {
     for mode in ["trap", "spin", "error"] {
         let section = plugin_at(
             &wasm("testing/hostile_invalidate.wasm"),
-            &format!("config = {{ mode = \"{mode}\" }}\n"),
+            &format!(
+                "deadline = \"{}\"\nconfig = {{ mode = \"{mode}\" }}\n",
+                hostile_deadline(mode)
+            ),
         );
         let app = start_proxy(&events_config(&sim, &section)).await;
         let c = client();
@@ -569,9 +645,10 @@ fn check_validates_the_plugins_a_config_names() {
     let good = dir.path().join("good.toml");
     let section = |path: &Path| {
         format!(
-            "[upstreams.posts]\nurl = \"http://127.0.0.1:7002\"\n\n[plugins.feed]\npath = \"{}\"\n\n\
+            "[upstreams.posts]\nurl = \"http://127.0.0.1:7002\"\n\n[plugins.feed]\npath = \"{}\"\n{}\n\
              [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
-            path.display()
+            path.display(),
+            roomy()
         )
     };
     std::fs::write(

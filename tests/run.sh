@@ -28,5 +28,13 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 (cd plugins && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
 
+echo "==> release builds the README commands use"
+# tests/readme.rs runs the README's commands as written, `cargo run
+# --release -- demo` and the policy_cost example among them; built here,
+# they compile nothing inside the suite. (Two invocations: the example
+# enables dev-dependency features that the binary alone does not.)
+cargo build --release -p profile-edge
+cargo build --release -p profile-edge --example policy_cost
+
 echo "==> tests"
 cargo test --workspace

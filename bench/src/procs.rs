@@ -2,45 +2,27 @@
 //! behind a guard that stops its whole process group on drop, including on
 //! errors and Ctrl-C; free loopback ports; the proxy's generated config.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::load::{self, Req};
 
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A free port on 127.0.0.1, never the same one twice in this process.
+/// A free port on 127.0.0.1, never the same one twice in this process. One
+/// registry with the Redis harness, so the proxy, nginx and redis-server are
+/// never handed the same port.
 pub fn free_port() -> Result<u16> {
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .context("bind 127.0.0.1:0")?
-            .local_addr()
-            .context("local_addr")?
-            .port();
-        let mut guard = HANDED_OUT
-            .lock()
-            .map_err(|_| anyhow!("port registry poisoned"))?;
-        if guard.get_or_insert_with(HashSet::new).insert(port) {
-            return Ok(port);
-        }
-    }
-    bail!("no free port found in 100 tries")
+    Ok(profile_edge_harness::free_port()?)
 }
 
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+pub use profile_edge_harness::loopback;
 
 /// A child in its own process group; dropping the guard sends SIGTERM to
 /// the group, waits up to 3 s, then SIGKILLs it.
@@ -99,15 +81,6 @@ impl ChildGuard {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// SIGKILL the group now (used to simulate a crash).
-    pub fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal_group(child.id(), "KILL");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 
     pub fn stop(&mut self) {
@@ -357,63 +330,35 @@ fn proc_status_kib(pid: u32, key: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("{key} not in {path}"))
 }
 
-/// A redis-server on a free loopback port, without persistence.
+/// A redis-server on a free loopback port, without persistence: the harness
+/// the integration tests use too (`tests/harness`), log in `dir/redis.log`.
 pub struct Redis {
-    pub guard: ChildGuard,
-    pub port: u16,
+    pub guard: RedisGuard,
+}
+
+/// Stops the server on drop.
+pub struct RedisGuard(profile_edge_harness::RedisServer);
+
+impl RedisGuard {
+    /// SIGKILL now (used to simulate a crash).
+    pub fn kill_hard(&mut self) {
+        self.0.kill();
+    }
 }
 
 impl Redis {
     pub async fn start(dir: &Path) -> Result<Redis> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let port = free_port()?;
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir);
-        let mut guard = ChildGuard::spawn("redis-server", &mut cmd, &dir.join("redis.log"))
-            .context("redis-server is needed (apt-get install -y redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = guard.exited() {
-                bail!("redis-server exited ({status}):\n{}", guard.log_tail());
-            }
-            if ping(port).await {
-                return Ok(Redis { guard, port });
-            }
-            if Instant::now() > deadline {
-                bail!("redis-server did not answer PING within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let server = profile_edge_harness::RedisServer::start_in(dir)
+            .await
+            .context("starting redis-server")?;
+        Ok(Redis {
+            guard: RedisGuard(server),
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.guard.0.url()
     }
-}
-
-async fn ping(port: u16) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(loopback(port)).await.ok()?;
-        s.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 16];
-        let n = s.read(&mut buf).await.ok()?;
-        buf[..n].starts_with(b"+PONG").then_some(())
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), attempt).await,
-        Ok(Some(()))
-    )
 }
 
 pub const NGINX: &str = "/usr/sbin/nginx";

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
@@ -30,6 +30,9 @@ pub const SMOKE_EVENT: &str =
     r#"{"profileEdgeSmokeTest":true,"type":"profile-updated","userId":"5a0c3e"}"#;
 
 /// A plugin that passed loading, ready to serve.
+/// Deadline of the smoke-test calls at load (or the plugin's own, if longer).
+const SMOKE_DEADLINE: Duration = Duration::from_secs(1);
+
 pub struct LoadedPlugin {
     pub name: String,
     pub path: PathBuf,
@@ -430,14 +433,18 @@ fn load_plugin(
         loaded_at: SystemTime::now(),
         prepared,
         ctx: Arc::new(PluginContext::new(name, config_json)),
+        // The smoke test asks "does it work", not "is it fast": on a busy
+        // machine a good policy can miss a 10 ms deadline once, and that
+        // must not refuse it at start or reload. Its memory cap is the real one.
         limits: Limits {
-            deadline: cfg.deadline.get(),
+            deadline: cfg.deadline.get().max(SMOKE_DEADLINE),
             memory: cfg.memory_limit.as_usize(),
         },
         runtime: runtime.clone(),
         meters: None,
     };
     plugin.smoke_test()?;
+    plugin.limits.deadline = cfg.deadline.get();
     plugin.meters = Some(meters);
     Ok(plugin)
 }

@@ -122,6 +122,8 @@ pub struct SimStats {
     /// High-water mark of `in_flight`, to check concurrency limits and
     /// request coalescing.
     pub max_in_flight: AtomicU64,
+    /// Officer requests waiting at the gate ([`SimOrigin::hold_officer`]).
+    pub held: AtomicU64,
     batch_sizes: Mutex<Vec<usize>>,
 }
 
@@ -183,6 +185,22 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Decrements `held` on drop, also for requests cancelled at the gate.
+struct Held<'a>(&'a SimStats);
+
+impl<'a> Held<'a> {
+    fn enter(stats: &'a SimStats) -> Self {
+        stats.held.fetch_add(1, Ordering::SeqCst);
+        Held(stats)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -341,6 +359,9 @@ struct Shared {
     mode: AtomicU8,
     next_notification: AtomicU64,
     stats: SimStats,
+    /// Open (`true`) unless a test holds Officer answers back; see
+    /// [`SimOrigin::hold_officer`].
+    gate: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -357,6 +378,17 @@ impl Shared {
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
+    }
+
+    /// Waits while the gate is closed.
+    async fn pass_gate(&self) {
+        let mut open = self.gate.subscribe();
+        if *open.borrow_and_update() {
+            return;
+        }
+        let _held = Held::enter(&self.stats);
+        // An error means the sender is gone, i.e. the origin is stopping.
+        let _ = open.wait_for(|open| *open).await;
     }
 }
 
@@ -404,6 +436,7 @@ impl SimOrigin {
             mode: AtomicU8::new(SimMode::Healthy.to_u8()),
             next_notification: AtomicU64::new(0),
             stats: SimStats::default(),
+            gate: watch::channel(true).0,
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -471,6 +504,21 @@ impl SimOrigin {
 
     pub fn latency(&self) -> Duration {
         self.shared.latency()
+    }
+
+    /// Test hook: from now on, Officer requests are answered only once
+    /// [`SimOrigin::release_officer`] is called. Each request reads its
+    /// answer first (a profile changed while it waits is not in it), then
+    /// waits at the gate, counted in [`SimStats::held`], so that a test can
+    /// order events without sleeping: hold, start a load, wait for
+    /// `held == 1`, act, release.
+    pub fn hold_officer(&self) {
+        self.shared.gate.send_replace(false);
+    }
+
+    /// Opens the gate: held Officer requests are answered, new ones pass.
+    pub fn release_officer(&self) {
+        self.shared.gate.send_replace(true);
     }
 
     /// Current origin copy of a profile, for tests to compare against what
@@ -692,6 +740,7 @@ async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
         }
     };
     shared.delay().await;
+    shared.pass_gate().await;
     match shared.mode() {
         SimMode::Healthy => answer,
         SimMode::Error500 => error_response(

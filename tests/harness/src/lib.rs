@@ -1,0 +1,200 @@
+//! Child processes shared by the integration tests (`tests/`) and the bench
+//! (`bench/`): a real `redis-server` on a free loopback port, started and
+//! stopped by the caller, and the free-port helper both use.
+//!
+//! Failures are loud: when `redis-server` is missing, exits at start-up or
+//! does not answer `PING`, the error says so and carries the tail of its log.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a starting `redis-server` gets to answer `PING`. It normally
+/// takes milliseconds; the room is for a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Start attempts on fresh ports, in case another process takes the port
+/// between [`free_port`] and `redis-server` binding it.
+const START_ATTEMPTS: usize = 3;
+
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A free port on 127.0.0.1, never the same one twice in this process (so
+/// that two servers started by one test run cannot be handed one port).
+pub fn free_port() -> io::Result<u16> {
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no free loopback port found in 100 tries"))
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A `redis-server` without persistence on a free loopback port, in its own
+/// process group (a Ctrl-C meant for the caller does not reach it). Killed
+/// (SIGKILL) when dropped.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    /// Set when the server lives in a temp dir of its own.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    /// Starts one in a private temp dir (removed on drop).
+    pub async fn start() -> io::Result<RedisServer> {
+        let tmp = tempfile::Builder::new().prefix("redis-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        RedisServer::launch(dir, Some(tmp)).await
+    }
+
+    /// Starts one with its working dir and `redis.log` in `dir` (created).
+    pub async fn start_in(dir: &Path) -> io::Result<RedisServer> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
+        RedisServer::launch(dir.to_path_buf(), None).await
+    }
+
+    async fn launch(dir: PathBuf, tmp: Option<tempfile::TempDir>) -> io::Result<RedisServer> {
+        let mut server = RedisServer {
+            port: 0,
+            child: None,
+            dir,
+            _tmp: tmp,
+        };
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port()?;
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("redis-server did not start")))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Where its stdout and stderr go.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Kills it now (SIGKILL): to the proxy, a crashed Redis.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it if running and starts it again, empty, on the same port.
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> io::Result<()> {
+        let log = self.log_path();
+        let out = File::create(&log)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", log.display())))?;
+        let err = out.try_clone()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot start redis-server ({e}); install it \
+                         (apt-get install -y redis-server; tests/run.sh does)"
+                    ),
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} exited at start-up ({status}):\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            if ping(self.port).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} did not answer PING within {START_TIMEOUT:?}:\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True when something on `port` answers `PING` with `+PONG` within 1 s.
+async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(loopback(port)).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        buf[..n].starts_with(b"+PONG").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(()))
+    )
+}
