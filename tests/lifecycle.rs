@@ -13,6 +13,34 @@ use http::StatusCode;
 use support::*;
 
 #[tokio::test]
+async fn logs_to_a_file_carry_no_colour_codes() {
+    let origin = Origin::start("officer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.path().join("edge.toml");
+    let text = config_text_at(&origin.url(), "127.0.0.1:0", &admin.to_string(), "");
+    std::fs::write(&path, text).unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut proc = spawn_binary_logging_to(&path, admin, Stdio::from(file)).await;
+    let pid = proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = proc.0.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("profile-edge listening"), "log: {text}");
+    assert!(text.contains("stopped"), "log: {text}");
+    assert!(
+        !text.contains('\x1b'),
+        "ANSI escape codes in a log file: {text:?}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let origin = Origin::start("officer").await;
     let dir = tempfile::tempdir().unwrap();

@@ -402,12 +402,17 @@ impl Drop for Proc {
 /// Runs the binary with a config file and waits until its admin listener
 /// reports ready.
 pub async fn spawn_binary(config: &Path, admin: SocketAddr) -> Proc {
+    spawn_binary_logging_to(config, admin, Stdio::inherit()).await
+}
+
+/// Like `spawn_binary`, with the process's stderr (its log) sent to `stderr`.
+pub async fn spawn_binary_logging_to(config: &Path, admin: SocketAddr, stderr: Stdio) -> Proc {
     let child = Command::new(bin())
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawning profile-edge");
     let mut proc = Proc(child);
