@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{file_must_exist, user_path_prefix, Config, Problem, ProfilesConfig};
-use crate::plugin::runtime::MAX_MEMORY;
+use crate::plugin::engine::MAX_MEMORY;
 use crate::units::{ByteSize, Dur};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

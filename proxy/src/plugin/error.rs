@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::runtime::CallError;
+use super::calls::CallError;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PluginError {

@@ -15,8 +15,10 @@ use prometheus::{Histogram, IntCounter};
 use serde_json::json;
 
 use super::bindings::{Action, Profile};
+use super::calls::{CallError, Limits, World};
+use super::engine::{read, PluginRuntime, Prepared};
 use super::error::PluginError;
-use super::runtime::{read, CallError, Limits, PluginContext, PluginRuntime, Prepared, World};
+use super::host::PluginContext;
 use crate::config::{Config, PluginConfig};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
@@ -302,7 +304,7 @@ impl Plugins {
         use sha2::{Digest, Sha256};
         std::fs::read(&cfg.path)
             .ok()
-            .map(|b| super::runtime::hex(&Sha256::digest(&b)))
+            .map(|b| super::engine::hex(&Sha256::digest(&b)))
     }
 
     /// Compile, type-check and smoke-test off the async workers.

@@ -1,6 +1,8 @@
 //! The main listener's routes: `router` picks one per request; profile
-//! lookups, enrichment and passthrough each live in their own file.
+//! lookups, batch lookups, enrichment and passthrough each live in their
+//! own file.
 
+pub mod batch;
 pub mod enrich;
 pub mod passthrough;
 pub mod profile;

@@ -16,7 +16,7 @@ use crate::http::headers;
 use crate::http::server::{ConnInfo, Handler};
 use crate::routes::enrich;
 use crate::routes::passthrough;
-use crate::routes::profile;
+use crate::routes::{batch, profile};
 use crate::state::{Runtime, State};
 
 /// Which part of the product answers a request; `label()` is the `route`
@@ -109,7 +109,7 @@ impl MainRouter {
             }
             Route::Batch => {
                 let max_body = rt.config.server.max_body_size.as_usize();
-                profile::batch(req, &state.profiles, &state.metrics, max_body).await
+                batch::batch(req, &state.profiles, &state.metrics, max_body).await
             }
             Route::Enrich(i) => match rt.config.enrich.get(i) {
                 Some(route) => enrich::handle(req, conn, rt, route, state).await,

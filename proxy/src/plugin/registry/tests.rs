@@ -10,8 +10,8 @@ use super::Plugins;
 use crate::config::Config;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
+use crate::plugin::calls::World;
 use crate::plugin::error::PluginError;
-use crate::plugin::runtime::World;
 use crate::reload::ConfigDiff;
 
 fn dist(name: &str) -> PathBuf {

@@ -9,21 +9,21 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimits, StoreLimitsBuilder, Trap,
+    StoreLimitsBuilder,
 };
 
 use super::bindings::enrich::{profile_edge::policy::host, EnrichPolicyPre};
 use super::bindings::invalidate::InvalidatePolicyPre;
-use super::bindings::{Action, Level, Profile};
+use super::calls::{Limits, World};
 use super::error::PluginError;
+use super::host::{HostState, PluginContext};
 
 /// The epoch ticks every millisecond; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -32,115 +32,6 @@ const TICK: Duration = Duration::from_millis(1);
 pub const MAX_MEMORY: usize = 128 * 1024 * 1024;
 /// Linear memory bytes per pool slot kept resident between instances.
 const KEEP_RESIDENT: usize = 4 * 1024 * 1024;
-/// Log lines a plugin may write per second; more are dropped and counted.
-const LOG_LINES_PER_SEC: u64 = 100;
-
-/// Which contract a component fulfils.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum World {
-    Enrich,
-    Invalidate,
-}
-
-impl World {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            World::Enrich => "enrich-policy",
-            World::Invalidate => "invalidate-policy",
-        }
-    }
-}
-
-/// How a call ended: the `outcome` label of `profile_edge_plugin_calls_total`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The policy returned an error (or output the proxy cannot use).
-    #[error("policy error: {0}")]
-    Error(String),
-    /// The policy trapped (panic, unreachable, memory cap, a forbidden import).
-    #[error("policy trapped: {0}")]
-    Trap(String),
-    /// The policy ran past its deadline.
-    #[error("policy ran past its deadline of {0:?}")]
-    Timeout(Duration),
-}
-
-impl CallError {
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            CallError::Error(_) => "error",
-            CallError::Trap(_) => "trap",
-            CallError::Timeout(_) => "timeout",
-        }
-    }
-}
-
-/// Per-plugin settings a call runs with.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub deadline: Duration,
-    pub memory: usize,
-}
-
-/// What a guest's host imports can see: its name (for logs), its config
-/// as JSON, and a log rate limiter.
-pub struct PluginContext {
-    pub name: String,
-    pub config_json: String,
-    log_window: Mutex<(Instant, u64)>,
-    pub logs_dropped: AtomicU64,
-}
-
-impl PluginContext {
-    pub fn new(name: &str, config_json: String) -> PluginContext {
-        PluginContext {
-            name: name.to_string(),
-            config_json,
-            log_window: Mutex::new((Instant::now(), 0)),
-            logs_dropped: AtomicU64::new(0),
-        }
-    }
-
-    fn may_log(&self) -> bool {
-        let Ok(mut w) = self.log_window.lock() else {
-            return false;
-        };
-        if w.0.elapsed() >= Duration::from_secs(1) {
-            *w = (Instant::now(), 0);
-        }
-        w.1 += 1;
-        w.1 <= LOG_LINES_PER_SEC
-    }
-}
-
-/// A store's data.
-pub struct HostState {
-    limits: StoreLimits,
-    ctx: Arc<PluginContext>,
-}
-
-impl host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        if !self.ctx.may_log() {
-            self.ctx.logs_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        // Bound what a guest can push into our logs per line.
-        let message: String = message.chars().take(1024).collect();
-        let plugin = self.ctx.name.as_str();
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
-        }
-    }
-
-    fn config(&mut self) -> String {
-        self.ctx.config_json.clone()
-    }
-}
 
 /// A component linked and type-checked against its world, ready to
 /// instantiate cheaply for every call.
@@ -270,7 +161,7 @@ impl PluginRuntime {
         Ok(component)
     }
 
-    fn store(&self, ctx: &Arc<PluginContext>, limits: &Limits) -> Store<HostState> {
+    pub(super) fn store(&self, ctx: &Arc<PluginContext>, limits: &Limits) -> Store<HostState> {
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory)
@@ -288,55 +179,6 @@ impl PluginRuntime {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         store
-    }
-
-    /// `needed-ids` on a fresh instance.
-    pub fn needed_ids(
-        &self,
-        pre: &EnrichPolicyPre<HostState>,
-        ctx: &Arc<PluginContext>,
-        limits: &Limits,
-        body: &str,
-    ) -> Result<Vec<String>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_needed_ids(&mut store, body)
-        });
-        flatten(run, limits)
-    }
-
-    /// `enrich` on a fresh instance.
-    pub fn enrich(
-        &self,
-        pre: &EnrichPolicyPre<HostState>,
-        ctx: &Arc<PluginContext>,
-        limits: &Limits,
-        body: &str,
-        profiles: &[Profile],
-    ) -> Result<String, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_enrich(&mut store, body, profiles)
-        });
-        flatten(run, limits)
-    }
-
-    /// `on-event` on a fresh instance.
-    pub fn on_event(
-        &self,
-        pre: &InvalidatePolicyPre<HostState>,
-        ctx: &Arc<PluginContext>,
-        limits: &Limits,
-        event: &str,
-    ) -> Result<Vec<Action>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_invalidator()
-                .call_on_event(&mut store, event)
-        });
-        flatten(run, limits)
     }
 }
 
@@ -367,20 +209,6 @@ fn engine_config(pooling: bool) -> Config {
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     cfg
-}
-
-/// Maps wasmtime's nested result to a call outcome.
-fn flatten<T>(run: wasmtime::Result<Result<T, String>>, limits: &Limits) -> Result<T, CallError> {
-    match run {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(msg)) => Err(CallError::Error(msg.chars().take(512).collect())),
-        Err(e) => match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Err(CallError::Timeout(limits.deadline)),
-            _ => Err(CallError::Trap(
-                format!("{e:#}").chars().take(512).collect(),
-            )),
-        },
-    }
 }
 
 /// A core module starts with the wasm magic and version 1; a component

@@ -1,0 +1,96 @@
+//! The batch route of the main listener: `POST {batch_path}` with
+//! `{"ids": [...]}`, answered from the tiers in one lookup (one coalesced
+//! origin batch for whatever is missing), with batch-level cache headers.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::profile::{id_error, read_limited, set_cache_headers};
+use crate::http::body::{full, Body};
+use crate::http::error::ProxyError;
+use crate::lookup::{CacheStatus, Profiles};
+use crate::metrics::Metrics;
+use crate::tier::TierKind;
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    ids: Vec<String>,
+}
+
+/// `POST /api/users/batch`: `{"ids": [...]}` -> `{"users": [...]}`; each
+/// known id once, in the order asked, unknown ids absent.
+pub async fn batch(
+    req: Request<Incoming>,
+    profiles: &Arc<Profiles>,
+    metrics: &Metrics,
+    max_body: usize,
+) -> Result<Response<Body>, ProxyError> {
+    let bytes = read_limited(req, max_body).await?;
+    let parsed: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
+    })?;
+    let ids = profiles
+        .ids()
+        .check_list("ids", parsed.ids)
+        .map_err(id_error)?;
+
+    let results = profiles.get_many(&ids).await;
+    let mut failed = 0;
+    let mut first_error = None;
+    let mut status = CacheStatus::Hit;
+    let mut deepest = TierKind::Memory;
+    let mut out = BytesMut::with_capacity(64 + results.len() * 400);
+    out.put_slice(b"{\"users\":[");
+    let mut n = 0;
+    for r in results {
+        match r {
+            Ok(loaded) => {
+                if loaded.stale {
+                    metrics.stale_served.inc();
+                }
+                status = status.max(loaded.status());
+                if (loaded.tier as usize) > (deepest as usize) {
+                    deepest = loaded.tier;
+                }
+                if let Some(body) = &loaded.entry.body {
+                    if n > 0 {
+                        out.put_u8(b',');
+                    }
+                    out.put_slice(body);
+                    n += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Absent means "unknown" in this contract, so an id that could not
+        // be loaded must not be silently left out.
+        let e = e.into_proxy_error();
+        return Err(match e {
+            ProxyError::BadGateway { upstream, detail } => ProxyError::BadGateway {
+                upstream,
+                detail: format!(
+                    "{failed} of {} ids could not be loaded: {detail}",
+                    ids.len()
+                ),
+            },
+            other => other,
+        });
+    }
+    out.put_slice(b"]}");
+    let mut resp = Response::new(full(out.freeze()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    set_cache_headers(&mut resp, status, deepest);
+    Ok(resp)
+}
