@@ -2,9 +2,10 @@
 //!
 //! A request enters through `http::server` (listeners, limits), is routed by
 //! `routes::router` (profile lookup, batch, enrich, or passthrough), and
-//! leaves through `http::upstream`. `state` holds the live config that
-//! `reload` swaps; `admin` serves health, metrics and operations on a second
-//! listener.
+//! leaves through `http::upstream`; profile lookups go through `lookup`
+//! (tiers, fences, fail-safe), `coalesce` and `origin`. `state` holds the
+//! live config that `reload` swaps; `lifecycle` owns every background task;
+//! `admin` serves health, metrics and operations on a second listener.
 
 pub mod admin;
 pub mod app;
