@@ -76,7 +76,22 @@ impl IdRules {
     }
 }
 
-fn dedup(ids: Vec<String>) -> Vec<String> {
+/// First occurrences, in order. Lists from feeds are short (a page of
+/// posts), where a scan beats hashing copies of every id; long client lists
+/// get a set.
+fn dedup(mut ids: Vec<String>) -> Vec<String> {
+    const SCAN_UP_TO: usize = 64;
+    if ids.len() <= SCAN_UP_TO {
+        let mut kept = 0;
+        for i in 0..ids.len() {
+            if !ids[..kept].contains(&ids[i]) {
+                ids.swap(kept, i);
+                kept += 1;
+            }
+        }
+        ids.truncate(kept);
+        return ids;
+    }
     let mut seen = HashSet::with_capacity(ids.len());
     ids.into_iter()
         .filter(|id| seen.insert(id.clone()))
@@ -113,6 +128,15 @@ mod tests {
             r.check_list("ids", v(&["a", "b", "c", "d"])),
             Err(IdError::TooMany { count: 4, max: 3 })
         );
+    }
+
+    #[test]
+    fn long_and_short_lists_fold_the_same_way() {
+        let short = v(&["c", "a", "c", "b", "a"]);
+        assert_eq!(dedup(short), v(&["c", "a", "b"]));
+        let long: Vec<String> = (0..200).map(|i| format!("{}", i % 70)).collect();
+        let want: Vec<String> = (0..70).map(|i| format!("{i}")).collect();
+        assert_eq!(dedup(long), want);
     }
 
     #[test]

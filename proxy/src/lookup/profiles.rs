@@ -17,7 +17,7 @@ use futures_util::future::join_all;
 use super::chain::Chain;
 use super::failsafe::{eager_due, Fallbacks, Throttle};
 use super::fence::{Admitted, Fence, TicketGuard};
-use super::ids::IdRules;
+use super::ids::{IdError, IdRules};
 use super::stats::Counters;
 use super::status::CacheStatus;
 use crate::coalesce::{self, FlightEnd, FlightTx, Flights};
@@ -131,6 +131,12 @@ impl Profiles {
     /// The id rules in force (pattern, request limit).
     pub fn ids(&self) -> IdRules {
         self.chain.load().ids.clone()
+    }
+
+    /// One id against the rules in force, without taking a copy of them
+    /// (the single-profile route's hot path).
+    pub fn check_id(&self, field: &str, id: &str) -> Result<(), IdError> {
+        self.chain.load().ids.check(field, id)
     }
 
     /// One id. Answers fresh memory hits without awaiting anything.

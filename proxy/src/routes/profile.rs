@@ -27,7 +27,7 @@ pub async fn get_profile(
     metrics: &Metrics,
     id: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    profiles.ids().check("id", id).map_err(id_error)?;
+    profiles.check_id("id", id).map_err(id_error)?;
     let loaded = profiles.get(id).await.map_err(|e| e.into_proxy_error())?;
     if loaded.stale {
         metrics.stale_served.inc();
