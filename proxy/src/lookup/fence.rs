@@ -109,9 +109,7 @@ impl Fence {
 
     /// Whether no invalidation of the ticket's id landed since it was taken.
     pub fn admits(&self, ticket: &Ticket) -> bool {
-        let s = self.stripe(&ticket.id);
-        s.get(&ticket.id)
-            .is_none_or(|st| st.version == ticket.version)
+        admitted(&self.stripe(&ticket.id), ticket)
     }
 
     /// Whether values the shared tiers hold for the id can be used by this
@@ -127,8 +125,7 @@ impl Fence {
     /// held so no invalidation can slip in between.
     pub fn publish<T>(&self, ticket: &Ticket, write: impl FnOnce() -> T) -> Admitted<T> {
         let s = self.stripe(&ticket.id);
-        let current = s.get(&ticket.id).map_or(ticket.version, |st| st.version);
-        if current != ticket.version {
+        if !admitted(&s, ticket) {
             return Admitted::Superseded;
         }
         let out = write();
@@ -166,6 +163,14 @@ impl Fence {
             .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
             .sum()
     }
+}
+
+/// The one admission rule, for a stripe already held: the id's version is
+/// still the one the ticket was taken under.
+fn admitted(stripe: &Stripe, ticket: &Ticket) -> bool {
+    stripe
+        .get(&ticket.id)
+        .is_none_or(|st| st.version == ticket.version)
 }
 
 /// Returns a ticket to its fence when dropped, however the load ends.
