@@ -24,6 +24,24 @@ use crate::metrics::Metrics;
 /// fit many times over).
 const MAX_ORIGIN_BODY: usize = 16 * 1024 * 1024;
 
+/// What an id must escape to stay one path segment: controls, space and
+/// the characters that end or restructure a path (`/`, `?`, `#`, `%`, ...).
+const ID_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|');
+
 /// Why a load from the origin failed; shared by every id of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoadError {
@@ -191,7 +209,9 @@ impl Origin {
     /// One single-id call: `Some(profile)`, `None` for 404.
     pub async fn fetch_one(&self, id: &str) -> Result<Option<Bytes>, LoadError> {
         let t = self.target.load_full();
-        let path = format!("{}/{id}", t.user_prefix);
+        // Ids are checked but may hold characters a path must escape.
+        let segment = percent_encoding::utf8_percent_encode(id, ID_SEGMENT);
+        let path = format!("{}/{segment}", t.user_prefix);
         self.single.fetch_add(1, Ordering::Relaxed);
         let result = self.call(&t, Method::GET, &path, None).await;
         let (status, bytes) = self.count("single", result)?;

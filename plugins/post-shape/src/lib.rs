@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -50,20 +51,190 @@ pub fn author_ids(doc: &mut Value) -> Vec<String> {
 
 /// Only the fields that name authors; everything else in the body is
 /// skipped without being built, which is most of `needed-ids`' time saved.
-#[derive(Deserialize)]
+/// Read leniently: a post whose `userId` is not a string (or that is not an
+/// object) names no author, and the rest of the feed is still enriched.
+/// Like `serde_json::Value`, a repeated key counts by its last occurrence.
+#[derive(Default)]
 struct Shape<'a> {
-    #[serde(borrow, default)]
-    posts: Option<Vec<Author<'a>>>,
-    #[serde(borrow, default)]
-    post: Option<Author<'a>>,
-    #[serde(borrow, default, rename = "userId")]
-    user_id: Option<Cow<'a, str>>,
+    posts: Option<Vec<Option<Cow<'a, str>>>>,
+    post: Option<Option<Cow<'a, str>>>,
+    user_id: Option<Option<Cow<'a, str>>>,
 }
 
-#[derive(Deserialize)]
-struct Author<'a> {
-    #[serde(borrow, default, rename = "userId")]
-    user_id: Option<Cow<'a, str>>,
+impl<'de: 'a, 'a> Deserialize<'de> for Shape<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Shape<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Shape<'de>, M::Error> {
+                let mut shape = Shape::default();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "posts" => shape.posts = Some(m.next_value::<Posts>()?.0),
+                        "post" => shape.post = Some(m.next_value::<Author>()?.0),
+                        "userId" => shape.user_id = Some(m.next_value::<LenientStr>()?.0),
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(shape)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The authors of a `posts` value: one entry per element when it is an
+/// array, none when it is anything else.
+struct Posts<'a>(Vec<Option<Cow<'a, str>>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Posts<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Posts<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Posts<'de>, S::Error> {
+                let mut out = Vec::new();
+                while let Some(a) = s.next_element::<Author>()? {
+                    out.push(a.0);
+                }
+                Ok(Posts(out))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Posts<'de>, M::Error> {
+                drain_map(m).map(|()| Posts(Vec::new()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+            fn visit_unit<E>(self) -> Result<Posts<'de>, E> {
+                Ok(Posts(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `userId` of a post when it is an object with a string `userId`.
+struct Author<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Author<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Author<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Author<'de>, M::Error> {
+                let mut id = None;
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    if key == "userId" {
+                        id = m.next_value::<LenientStr>()?.0;
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Author(id))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, s: S) -> Result<Author<'de>, S::Error> {
+                drain_seq(s).map(|()| Author(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+            fn visit_unit<E>(self) -> Result<Author<'de>, E> {
+                Ok(Author(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string, or `None` for any other JSON value (which is skipped whole).
+pub struct LenientStr<'a>(pub Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(Some(Cow::Owned(s.to_string()))))
+            }
+            fn visit_string<E>(self, s: String) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(Some(Cow::Owned(s))))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<LenientStr<'de>, M::Error> {
+                drain_map(m).map(|()| LenientStr(None))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, s: S) -> Result<LenientStr<'de>, S::Error> {
+                drain_seq(s).map(|()| LenientStr(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<LenientStr<'de>, E> {
+                Ok(LenientStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn drain_map<'de, M: MapAccess<'de>>(mut m: M) -> Result<(), M::Error> {
+    while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_seq<'de, S: SeqAccess<'de>>(mut s: S) -> Result<(), S::Error> {
+    while s.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
 }
 
 /// The distinct authors of a body's posts, reading nothing else: the same
@@ -72,9 +243,9 @@ pub fn author_ids_of(body: &str) -> Result<Vec<String>, String> {
     let shape: Shape =
         serde_json::from_str(body).map_err(|e| format!("body is not a posts document: {e}"))?;
     let found: Vec<Cow<str>> = match (shape.posts, shape.post, shape.user_id) {
-        (Some(posts), _, _) => posts.into_iter().filter_map(|p| p.user_id).collect(),
-        (None, Some(post), _) => post.user_id.into_iter().collect(),
-        (None, None, Some(id)) => vec![id],
+        (Some(posts), _, _) => posts.into_iter().flatten().collect(),
+        (None, Some(post), _) => post.into_iter().collect(),
+        (None, None, Some(id)) => id.into_iter().collect(),
         (None, None, None) => Vec::new(),
     };
     let mut ids: Vec<String> = Vec::with_capacity(found.len());
@@ -87,13 +258,19 @@ pub fn author_ids_of(body: &str) -> Result<Vec<String>, String> {
 }
 
 /// The fields of a profile a snapshot usually needs, read without building
-/// the whole profile.
+/// the whole profile; a field of another type than string reads as absent.
 #[derive(Deserialize)]
 pub struct SnapshotFields<'a> {
-    #[serde(borrow, default, rename = "displayName")]
+    #[serde(borrow, default, rename = "displayName", deserialize_with = "lenient")]
     pub display_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "avatarUrl")]
+    #[serde(borrow, default, rename = "avatarUrl", deserialize_with = "lenient")]
     pub avatar_url: Option<Cow<'a, str>>,
+}
+
+fn lenient<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    LenientStr::deserialize(d).map(|s| s.0)
 }
 
 /// A JSON object read as its entries, in order, values left as raw text.
@@ -205,8 +382,9 @@ impl Splice<'_> {
         let author = entries
             .0
             .iter()
+            .rev()
             .find(|(k, _)| k == "userId")
-            .and_then(|(_, v)| serde_json::from_str::<Cow<str>>(v.get()).ok());
+            .and_then(|(_, v)| serde_json::from_str::<LenientStr>(v.get()).ok()?.0);
         let snap = author
             .as_deref()
             .and_then(|id| self.snapshots.get(id))
@@ -249,11 +427,32 @@ mod tests {
             r#"{"type":"new-post","post":{"userId":"c","text":"esc\"aped"}}"#,
             r#"{"id":"p1","userId":"d"}"#,
             r#"{"other":true}"#,
+            r#"{"posts":[{"userId":7},{"userId":"b"},"text",null,{"userId":{"x":1}},[1]]}"#,
+            r#"{"posts":"not a list","userId":"z"}"#,
+            r#"{"post":42}"#,
+            r#"{"userId":"a","userId":"b"}"#,
+            r#"{"posts":[{"userId":"a","userId":"b"}]}"#,
         ] {
             let mut doc = parse(body).unwrap();
             assert_eq!(author_ids_of(body).unwrap(), author_ids(&mut doc), "{body}");
         }
         assert!(author_ids_of("[1,2]").is_err());
+    }
+
+    /// One post with a numeric author must not cost the rest of the feed
+    /// its snapshots.
+    #[test]
+    fn a_post_it_cannot_read_is_skipped_not_fatal() {
+        let body = r#"{"posts":[{"userId":7},{"userId":"b"}]}"#;
+        assert_eq!(author_ids_of(body).unwrap(), vec!["b"]);
+        let snapshots: HashMap<String, String> = [("b".to_string(), "{}".to_string())].into();
+        let out: Value =
+            serde_json::from_str(&splice_snapshots(body, "s", &snapshots).unwrap()).unwrap();
+        assert_eq!(out["posts"][0]["s"], Value::Null);
+        assert_eq!(out["posts"][1]["s"], serde_json::json!({}));
+        let f: SnapshotFields =
+            serde_json::from_str(r#"{"displayName":5,"avatarUrl":"u"}"#).unwrap();
+        assert_eq!((f.display_name, f.avatar_url.as_deref()), (None, Some("u")));
     }
 
     /// The splice must give what a full parse-insert-serialize gives.
@@ -272,6 +471,8 @@ mod tests {
             r#"{"other":true}"#,
             r#"{"posts":"not a list"}"#,
             r#" { "posts" : [ { "userId" : "a" } ] } "#,
+            r#"{"posts":[{"userId":7},{"userId":"a"},3,"x"]}"#,
+            r#"{"posts":[{"userId":"b","userId":"a"}]}"#,
         ] {
             let spliced: Value =
                 serde_json::from_str(&splice_snapshots(body, "userSnapshot", &snapshots).unwrap())

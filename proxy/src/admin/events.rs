@@ -6,22 +6,46 @@
 use serde_json::{json, Value};
 
 use crate::http::error::ProxyError;
+use crate::lookup::IdRules;
 use crate::plugin::bindings::Action;
 use crate::state::State;
 
-/// Handles one event body; the answer lists what was done.
-pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
+/// Event types whose meaning is about one profile: they need `userId`.
+const NEEDS_USER_ID: &[&str] = &["profile-updated", "profile-deleted"];
+
+/// An event body that passed the checks every event gets before a policy
+/// sees it.
+#[derive(Debug, PartialEq)]
+pub struct Event<'a> {
+    pub kind: String,
+    pub user_id: Option<String>,
+    /// The body as sent, for the policy.
+    pub text: &'a str,
+}
+
+/// Checks an event body: JSON object, `type` a string, `userId` (when
+/// present, and always for the profile event types) a valid id.
+pub fn parse<'a>(body: &'a [u8], ids: &IdRules) -> Result<Event<'a>, ProxyError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ProxyError::BadRequest("event body is not UTF-8".into()))?;
     let event: Value = serde_json::from_str(text)
         .map_err(|e| ProxyError::BadRequest(format!("event body is not JSON: {e}")))?;
+    if !event.is_object() {
+        return Err(ProxyError::BadRequest(
+            "event body must be a JSON object".into(),
+        ));
+    }
     let kind = event
         .get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| ProxyError::BadRequest("field `type` (a string) is required".into()))?
         .to_string();
-    let ids = state.profiles.ids();
     let user_id = match event.get("userId") {
+        None | Some(Value::Null) if NEEDS_USER_ID.contains(&kind.as_str()) => {
+            return Err(ProxyError::BadRequest(format!(
+                "field `userId` (a string id) is required for a {kind} event"
+            )))
+        }
         None | Some(Value::Null) => None,
         Some(Value::String(id)) => {
             ids.check("userId", id)
@@ -34,6 +58,21 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
             )))
         }
     };
+    Ok(Event {
+        kind,
+        user_id,
+        text,
+    })
+}
+
+/// Handles one event body; the answer lists what was done.
+pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
+    let ids = state.profiles.ids();
+    let Event {
+        kind,
+        user_id,
+        text,
+    } = parse(body, &ids)?;
 
     let rt = state.runtime();
     let policy = rt.config.invalidation.as_ref().map(|i| i.plugin.clone());
@@ -98,4 +137,41 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
         "policy_result": policy_result,
         "actions": done,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+
+    use super::*;
+
+    fn ids() -> IdRules {
+        IdRules::new(Regex::new("^[a-z0-9]{1,8}$").expect("regex"), 10)
+    }
+
+    fn refused(body: &str) -> String {
+        match parse(body.as_bytes(), &ids()) {
+            Err(ProxyError::BadRequest(d)) => d,
+            other => panic!("{body}: expected 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn profile_events_need_their_user_id() {
+        assert!(refused(r#"{"type":"profile-updated"}"#).contains("`userId`"));
+        assert!(refused(r#"{"type":"profile-deleted","userId":null}"#).contains("`userId`"));
+        assert!(refused(r#"{"type":"profile-updated","userId":7}"#).contains("`userId` = 7"));
+        assert!(refused(r#"{"type":"profile-updated","userId":"../x"}"#).contains("userId"));
+        assert!(refused(r#"{"userId":"a"}"#).contains("`type`"));
+        assert!(refused(r#"["profile-updated"]"#).contains("JSON object"));
+        assert!(refused("{").contains("not JSON"));
+    }
+
+    #[test]
+    fn other_event_types_may_leave_user_id_out() {
+        let e = parse(br#"{"type":"tenant-purged"}"#, &ids()).expect("accepted");
+        assert_eq!((e.kind.as_str(), e.user_id), ("tenant-purged", None));
+        let e = parse(br#"{"type":"profile-updated","userId":"ab1"}"#, &ids()).expect("ok");
+        assert_eq!(e.user_id.as_deref(), Some("ab1"));
+    }
 }

@@ -99,13 +99,12 @@ impl AdminRouter {
             }
             (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {
                 self.authorize(&req)?;
-                let id = &p[PURGE_PREFIX.len()..];
-                self.state
+                let id = self
+                    .state
                     .profiles
-                    .ids()
-                    .check("id", id)
+                    .check_path_id("id", &p[PURGE_PREFIX.len()..])
                     .map_err(crate::routes::profile::id_error)?;
-                self.state.profiles.invalidate(id, "admin").await;
+                self.state.profiles.invalidate(&id, "admin").await;
                 Ok(json_response(StatusCode::OK, &json!({"invalidated": id})))
             }
             (

@@ -2,6 +2,7 @@
 //! admin purge, events, enrichment) validates and folds duplicates here, so
 //! a bad id never reaches a tier, a Redis key or the origin.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -34,8 +35,27 @@ impl IdRules {
         }
     }
 
+    /// Matches `id_pattern` and is safe in a URL path segment and a Redis
+    /// key whatever the pattern allows: no `/`, `\\` or control characters,
+    /// not `.` or `..` (a permissive pattern must not open path traversal
+    /// at the origin).
     pub fn is_valid(&self, id: &str) -> bool {
-        self.pattern.is_match(id)
+        is_safe(id) && self.pattern.is_match(id)
+    }
+
+    /// The `{id}` segment of a request path, percent-decoded, then checked
+    /// like any other id: `%2e%2e` is `..` and is refused as such.
+    pub fn check_path<'a>(&self, field: &str, raw: &'a str) -> Result<Cow<'a, str>, IdError> {
+        let invalid = || IdError::Invalid {
+            field: field.to_string(),
+            id: raw.to_string(),
+        };
+        let id = percent_decode(raw).ok_or_else(invalid)?;
+        if self.is_valid(&id) {
+            Ok(id)
+        } else {
+            Err(invalid())
+        }
     }
 
     /// One id, from `field`.
@@ -74,6 +94,37 @@ impl IdRules {
         out.truncate(self.max_request_ids);
         out
     }
+}
+
+/// Ids become URL path segments and Redis keys; these characters would
+/// change what such a path or key means.
+fn is_safe(id: &str) -> bool {
+    id != "."
+        && id != ".."
+        && !id
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+}
+
+/// `None` for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.contains('%') {
+        return Some(Cow::Borrowed(raw));
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// First occurrences, in order. Lists from feeds are short (a page of
@@ -146,6 +197,20 @@ mod tests {
             e.to_string(),
             "userId = \"../x\" does not match profiles.id_pattern"
         );
+    }
+
+    #[test]
+    fn path_ids_are_checked_after_percent_decoding() {
+        let any = IdRules::new(Regex::new("^.{1,64}$").expect("regex"), 1);
+        assert_eq!(any.check_path("id", "a%20b").as_deref(), Ok("a b"));
+        assert_eq!(any.check_path("id", "abc").as_deref(), Ok("abc"));
+        for bad in ["%2e%2e", "%2E", "..", "a%2fb", "a%5cb", "%00", "%zz", "%e2%82", "a%"] {
+            assert!(any.check_path("id", bad).is_err(), "{bad} must be refused");
+        }
+        // The same rule holds for ids from bodies and events.
+        assert!(any.check("userId", "..").is_err());
+        assert!(any.check("userId", "a/b").is_err());
+        assert!(rules(1).check_path("id", "a%41").is_err(), "decoded 'aA' fails the pattern");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! invalidation superseded never writes the old value to memory, takes it
 //! out of the shared tiers again, and its waiters look the id up again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +138,11 @@ impl Profiles {
     /// (the single-profile route's hot path).
     pub fn check_id(&self, field: &str, id: &str) -> Result<(), IdError> {
         self.chain.load().ids.check(field, id)
+    }
+
+    /// An id taken from a request path: percent-decoded, then checked.
+    pub fn check_path_id<'a>(&self, field: &str, raw: &'a str) -> Result<Cow<'a, str>, IdError> {
+        self.chain.load().ids.check_path(field, raw)
     }
 
     /// One id. Answers fresh memory hits without awaiting anything.

@@ -12,13 +12,22 @@ use serde::Deserialize;
 use super::profile::{id_error, read_limited, set_cache_headers};
 use crate::http::body::{full, Body};
 use crate::http::error::ProxyError;
-use crate::lookup::{CacheStatus, Profiles};
+use crate::lookup::{CacheStatus, IdRules, Profiles};
 use crate::metrics::Metrics;
 use crate::tier::TierKind;
 
 #[derive(Deserialize)]
 struct BatchRequest {
     ids: Vec<String>,
+}
+
+/// The ids of a batch body, duplicates folded, each checked: 400 for a
+/// malformed body or a bad id (naming `ids[i]`), 413 for too many.
+pub fn parse_body(bytes: &[u8], rules: &IdRules) -> Result<Vec<String>, ProxyError> {
+    let parsed: BatchRequest = serde_json::from_slice(bytes).map_err(|e| {
+        ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
+    })?;
+    rules.check_list("ids", parsed.ids).map_err(id_error)
 }
 
 /// `POST /api/users/batch`: `{"ids": [...]}` -> `{"users": [...]}`; each
@@ -30,13 +39,7 @@ pub async fn batch(
     max_body: usize,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_limited(req, max_body).await?;
-    let parsed: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
-    })?;
-    let ids = profiles
-        .ids()
-        .check_list("ids", parsed.ids)
-        .map_err(id_error)?;
+    let ids = parse_body(&bytes, &profiles.ids())?;
 
     let results = profiles.get_many(&ids).await;
     let mut failed = 0;

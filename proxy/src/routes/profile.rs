@@ -25,9 +25,10 @@ static X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cac
 pub async fn get_profile(
     profiles: &Arc<Profiles>,
     metrics: &Metrics,
-    id: &str,
+    raw_id: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    profiles.check_id("id", id).map_err(id_error)?;
+    let id = profiles.check_path_id("id", raw_id).map_err(id_error)?;
+    let id = id.as_ref();
     let loaded = profiles.get(id).await.map_err(|e| e.into_proxy_error())?;
     if loaded.stale {
         metrics.stale_served.inc();
