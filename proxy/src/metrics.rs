@@ -17,6 +17,8 @@ const PLUGIN_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
 ];
 /// Values of the `route` label of `profile_edge_request_duration_seconds`.
+/// The deadlines a client can run into (`profile_edge_client_timeouts_total`).
+pub const CLIENT_TIMEOUTS: [&str; 4] = ["head", "idle", "write", "body"];
 pub const ROUTES: [&str; 4] = ["profile", "batch", "enrich", "passthrough"];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
@@ -34,6 +36,9 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     /// Beyond the original contract: open client connections on the main listener(s).
     pub connections: IntGauge,
+    /// Beyond the original contract: client connections or requests cut off
+    /// by a deadline, by kind (head|idle|write|body).
+    pub client_timeouts: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -101,6 +106,14 @@ impl Metrics {
             "Open client connections on the main listener(s).",
         )
         .unwrap_or_else(|e| unreachable_metric(e));
+        let client_timeouts = counter_vec(
+            "profile_edge_client_timeouts_total",
+            "Client connections closed or requests answered 408 by a deadline, by kind (head|idle|write|body).",
+            &["kind"],
+        );
+        for kind in CLIENT_TIMEOUTS {
+            client_timeouts.with_label_values(&[kind]);
+        }
 
         for tier in ["memory", "redis", "mongo", "origin"] {
             for result in ["hit", "miss"] {
@@ -136,6 +149,7 @@ impl Metrics {
             reloads,
             invalidations,
             connections,
+            client_timeouts,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -150,6 +164,7 @@ impl Metrics {
             Box::new(m.reloads.clone()),
             Box::new(m.invalidations.clone()),
             Box::new(m.connections.clone()),
+            Box::new(m.client_timeouts.clone()),
         ];
         for c in collectors {
             m.registry
@@ -167,6 +182,10 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn client_timeout(&self, kind: &str) {
+        self.client_timeouts.with_label_values(&[kind]).inc();
     }
 
     /// Records a request's time on its route without a label lookup.

@@ -260,14 +260,20 @@ impl Origin {
         let whole = async {
             let resp = t
                 .upstream
-                .send(req)
+                // The payload is in memory: it never pauses.
+                .send(req, timeout)
                 .await
                 .map_err(|e| LoadError::from_proxy(e, timeout))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_ORIGIN_BODY)
                 .collect()
                 .await
-                .map_err(|e| LoadError::Unreachable(format!("reading origin answer: {e}")))?
+                .map_err(|e| {
+                    LoadError::Unreachable(format!(
+                        "reading origin answer: {}",
+                        crate::http::upstream::client_facing(&*e)
+                    ))
+                })?
                 .to_bytes();
             Ok((status, bytes))
         };

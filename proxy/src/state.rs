@@ -84,8 +84,13 @@ impl Runtime {
         ConnLimits {
             header_read_timeout: s.header_read_timeout.get(),
             max_header_size: s.max_header_size.as_usize(),
+            max_headers: s.max_headers,
+            idle_timeout: s.idle_timeout.get(),
+            write_timeout: s.write_timeout.get(),
             http2: s.http2,
             max_concurrent_streams: s.max_concurrent_streams,
+            http2_keepalive_interval: s.http2_keepalive_interval.get(),
+            http2_keepalive_timeout: s.http2_keepalive_timeout.get(),
         }
     }
 }

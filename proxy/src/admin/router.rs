@@ -28,6 +28,7 @@ impl AdminRouter {
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        crate::http::headers::check_target(&req)?;
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (method, path.as_str()) {
@@ -56,9 +57,12 @@ impl AdminRouter {
                 let result = reload::reload_config(&self.state, true).await;
                 reload::log_outcome(&result, "admin");
                 match result {
-                    Ok(ReloadOutcome::Applied { needs_restart }) => Ok(json_response(
+                    Ok(ReloadOutcome::Applied {
+                        needs_restart,
+                        warnings,
+                    }) => Ok(json_response(
                         StatusCode::OK,
-                        &json!({"status": "reloaded", "needs_restart": needs_restart}),
+                        &json!({"status": "reloaded", "needs_restart": needs_restart, "warnings": warnings}),
                     )),
                     Ok(ReloadOutcome::Unchanged) => Ok(json_response(
                         StatusCode::OK,
@@ -92,8 +96,12 @@ impl AdminRouter {
             }
             (Method::POST, "/admin/events") => {
                 self.authorize(&req)?;
-                let limit = self.state.runtime().config.server.max_body_size.as_usize();
-                let body = crate::routes::profile::read_limited(req, limit).await?;
+                let server = &self.state.runtime().config.server;
+                let (limit, timeout) = (
+                    server.max_body_size.as_usize(),
+                    server.body_read_timeout.get(),
+                );
+                let body = crate::http::body::read_limited(req, limit, timeout).await?;
                 let done = crate::admin::events::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
@@ -143,9 +151,12 @@ impl AdminRouter {
 
 impl Handler for AdminRouter {
     async fn handle(&self, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        self.dispatch(req)
-            .await
-            .unwrap_or_else(ProxyError::into_response)
+        self.dispatch(req).await.unwrap_or_else(|e| {
+            if let ProxyError::RequestTimeout(_) = e {
+                self.state.metrics.client_timeout("body");
+            }
+            e.into_response()
+        })
     }
 }
 

@@ -21,6 +21,22 @@ pub struct ServerConfig {
     pub header_read_timeout: Dur,
     /// Largest request head accepted; larger gets 431.
     pub max_header_size: ByteSize,
+    /// Most header fields in an HTTP/1 request head; more gets 431.
+    pub max_headers: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY first).
+    pub idle_timeout: Dur,
+    /// A write to a client that stays blocked this long (the client stopped
+    /// reading) closes the connection.
+    pub write_timeout: Dur,
+    /// A body the proxy buffers (batch, admin events) must arrive in full
+    /// within this; a streamed (passthrough) body may pause at most this
+    /// long between chunks. Either way: 408.
+    pub body_read_timeout: Dur,
+    /// HTTP/2 keep-alive PING interval on an otherwise quiet connection.
+    pub http2_keepalive_interval: Dur,
+    /// A PING not answered within this closes the HTTP/2 connection.
+    pub http2_keepalive_timeout: Dur,
     /// Concurrent client connections; further connections wait in the backlog.
     pub max_connections: usize,
     /// Largest request body on routes that buffer it (batch, admin events); larger gets 413.
@@ -40,6 +56,12 @@ impl Default for ServerConfig {
             tls: None,
             header_read_timeout: Dur::secs(10),
             max_header_size: ByteSize::kib(16),
+            max_headers: 100,
+            idle_timeout: Dur::secs(60),
+            write_timeout: Dur::secs(30),
+            body_read_timeout: Dur::secs(30),
+            http2_keepalive_interval: Dur::secs(30),
+            http2_keepalive_timeout: Dur::secs(20),
             max_connections: 10_000,
             max_body_size: ByteSize::mib(1),
             shutdown_timeout: Dur::secs(30),
@@ -78,10 +100,28 @@ impl ServerConfig {
         if self.max_body_size.bytes() == 0 {
             out.push(Problem::new("server.max_body_size", "must be more than 0"));
         }
-        if self.header_read_timeout.get().is_zero() {
+        for (key, d) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+            ("server.write_timeout", self.write_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+            (
+                "server.http2_keepalive_interval",
+                self.http2_keepalive_interval,
+            ),
+            (
+                "server.http2_keepalive_timeout",
+                self.http2_keepalive_timeout,
+            ),
+        ] {
+            if d.get().is_zero() {
+                out.push(Problem::new(key, "must be more than 0"));
+            }
+        }
+        if !(8..=1000).contains(&self.max_headers) {
             out.push(Problem::new(
-                "server.header_read_timeout",
-                "must be more than 0",
+                "server.max_headers",
+                "must be between 8 and 1000",
             ));
         }
         if self.max_concurrent_streams == 0 {

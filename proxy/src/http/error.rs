@@ -18,6 +18,8 @@ pub enum ProxyError {
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     HeadersTooLarge(String),
@@ -38,6 +40,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -54,6 +57,7 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::NotFound(_) => "not_found",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::RequestTimeout(_) => "request_timeout",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::BadGateway { .. } => "bad_gateway",

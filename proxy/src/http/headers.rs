@@ -3,6 +3,37 @@
 //! upstream still sees who asked and how.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::{Method, Request, Version};
+
+use crate::http::error::ProxyError;
+
+/// Refuses what a reverse proxy must not pass on (RFC 9112 section 3.2,
+/// RFC 9110 section 9.3.6): CONNECT (a tunnel, which this proxy is not),
+/// and an HTTP/1.1 request without exactly one Host (with none or two, the
+/// proxy and the upstream could disagree on which host was meant).
+pub fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is not supported: profile-edge is a reverse proxy, not a tunnel".into(),
+        ));
+    }
+    if req.version() == Version::HTTP_11 {
+        match req.headers().get_all(HOST).iter().count() {
+            1 => {}
+            0 => {
+                return Err(ProxyError::BadRequest(
+                    "an HTTP/1.1 request needs a Host header".into(),
+                ))
+            }
+            n => {
+                return Err(ProxyError::BadRequest(format!(
+                    "an HTTP/1.1 request needs exactly one Host header; it has {n}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Headers that describe one connection, not the message.
 const HOP_BY_HOP: [&str; 7] = [

@@ -18,6 +18,7 @@ use crate::config::{parse_base_url, UpstreamConfig};
 use crate::http::body::Body;
 use crate::http::error::ProxyError;
 use crate::http::tls;
+use crate::http::upload::{self, UploadEnd, UploadStalled};
 
 /// Why an upstream client could not be built, tied to its config key.
 #[derive(Debug, thiserror::Error)]
@@ -103,28 +104,59 @@ impl Upstream {
         self.timeout
     }
 
-    /// Sends a request whose URI was made by `uri_for`; waits at most the
-    /// upstream's timeout for the response head. The body then streams.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(self.transport_error(&e)),
-            Err(_) => Err(ProxyError::GatewayTimeout {
-                upstream: self.name.clone(),
-                timeout: humantime::format_duration(self.timeout).to_string(),
-            }),
-        }
+    /// Sends a request whose URI was made by `uri_for`. The request body
+    /// streams, pausing at most `body_idle` between chunks (else 408); once
+    /// it is sent, the upstream gets its `timeout` for the response head
+    /// (else 504). The response body then streams.
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        body_idle: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let (body, uploaded) = upload::watch(body, body_idle);
+        let answer = self.client.request(Request::from_parts(parts, body));
+        tokio::pin!(answer);
+        let early = tokio::select! {
+            r = &mut answer => Some(r),
+            end = uploaded => match end {
+                // Cancelling the request drops its upstream connection.
+                UploadEnd::Stalled => {
+                    return Err(ProxyError::RequestTimeout(
+                        UploadStalled(body_idle).to_string(),
+                    ))
+                }
+                UploadEnd::Complete | UploadEnd::Failed => None,
+            },
+        };
+        let result = match early {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.timeout, answer).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ProxyError::GatewayTimeout {
+                        upstream: self.name.clone(),
+                        timeout: humantime::format_duration(self.timeout).to_string(),
+                    })
+                }
+            },
+        };
+        result.map_err(|e| self.transport_error(&e))
     }
 
+    /// The full cause goes to the log; the client gets a short description
+    /// without library internals.
     fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
         if client_body_failed(e) {
             // The client's own body broke off or was malformed mid-stream:
             // its fault, not the upstream's.
+            tracing::debug!(upstream = %self.name, error = %error_chain(e), "request body failed");
             return ProxyError::BadRequest(format!(
                 "reading the request body failed: {}",
-                error_chain(e)
+                client_facing(e)
             ));
         }
+        tracing::warn!(upstream = %self.name, error = %error_chain(e), "upstream request failed");
         let what = if e.is_connect() {
             "connect failed"
         } else {
@@ -132,7 +164,7 @@ impl Upstream {
         };
         ProxyError::BadGateway {
             upstream: self.name.clone(),
-            detail: format!("{what}: {}", error_chain(e)),
+            detail: format!("{what}: {}", client_facing(e)),
         }
     }
 }
@@ -165,4 +197,60 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+/// What a client may be told about a transport error: the kind of failure,
+/// in plain words, never the library's type names or internal states.
+pub fn client_facing(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut said = None;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io_words(io.kind());
+        }
+        if err
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return "body over the size limit";
+        }
+        if err.downcast_ref::<UploadStalled>().is_some() {
+            return "the request body paused for too long";
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            said = said.or(if h.is_timeout() {
+                Some("timed out")
+            } else if h.is_parse() || h.is_parse_status() {
+                Some("malformed HTTP message")
+            } else if h.is_incomplete_message() {
+                Some("connection closed before the message was complete")
+            } else if h.is_canceled() || h.is_closed() {
+                Some("connection closed")
+            } else if h.is_body_write_aborted() {
+                Some("body not fully sent")
+            } else {
+                None
+            });
+        }
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return "TLS handshake failed";
+        }
+        cur = err.source();
+    }
+    said.unwrap_or("transport error")
+}
+
+fn io_words(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::TimedOut => "timed out",
+        K::UnexpectedEof => "connection closed early",
+        K::BrokenPipe => "connection closed",
+        K::NotFound => "host not found",
+        K::InvalidData => "invalid data (TLS or framing)",
+        _ => "I/O error",
+    }
 }

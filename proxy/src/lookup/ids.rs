@@ -99,11 +99,7 @@ impl IdRules {
 /// Ids become URL path segments and Redis keys; these characters would
 /// change what such a path or key means.
 fn is_safe(id: &str) -> bool {
-    id != "."
-        && id != ".."
-        && !id
-            .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+    id != "." && id != ".." && !id.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 /// `None` for a malformed escape or bytes that are not UTF-8.
@@ -204,13 +200,18 @@ mod tests {
         let any = IdRules::new(Regex::new("^.{1,64}$").expect("regex"), 1);
         assert_eq!(any.check_path("id", "a%20b").as_deref(), Ok("a b"));
         assert_eq!(any.check_path("id", "abc").as_deref(), Ok("abc"));
-        for bad in ["%2e%2e", "%2E", "..", "a%2fb", "a%5cb", "%00", "%zz", "%e2%82", "a%"] {
+        for bad in [
+            "%2e%2e", "%2E", "..", "a%2fb", "a%5cb", "%00", "%zz", "%e2%82", "a%",
+        ] {
             assert!(any.check_path("id", bad).is_err(), "{bad} must be refused");
         }
         // The same rule holds for ids from bodies and events.
         assert!(any.check("userId", "..").is_err());
         assert!(any.check("userId", "a/b").is_err());
-        assert!(rules(1).check_path("id", "a%41").is_err(), "decoded 'aA' fails the pattern");
+        assert!(
+            rules(1).check_path("id", "a%41").is_err(),
+            "decoded 'aA' fails the pattern"
+        );
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub struct Plugins {
     wanted: ArcSwap<BTreeMap<String, Wanted>>,
     status: Mutex<HashMap<String, Status>>,
     /// Serializes loads so that a file event and a config reload do not race.
-    loading: tokio::sync::Mutex<()>,
+    loading: Arc<tokio::sync::Mutex<()>>,
     watcher: Mutex<Option<(Vec<PathBuf>, notify::RecommendedWatcher)>>,
     tasks: Tasks,
 }
@@ -183,7 +183,7 @@ impl Plugins {
             loaded: ArcSwap::from_pointee(HashMap::new()),
             wanted: ArcSwap::from_pointee(BTreeMap::new()),
             status: Mutex::new(HashMap::new()),
-            loading: tokio::sync::Mutex::new(()),
+            loading: Arc::new(tokio::sync::Mutex::new(())),
             watcher: Mutex::new(None),
         }))
     }
@@ -193,18 +193,37 @@ impl Plugins {
         self.loaded.load().get(name).cloned()
     }
 
-    /// Brings the loaded set in line with a config: loads new or changed
-    /// plugins, drops unnamed ones. Returns the problems as `(name, reason)`;
-    /// a plugin that failed keeps its last good version if it had one.
-    /// `diff` is the reload's; `None` at start-up, which loads everything
-    /// and is not counted as a reload.
+    /// Brings the loaded set in line with a config, all or nothing: see
+    /// `stage`. Returns the problems as `(name, reason)`; with any, nothing
+    /// changed. `diff` is the reload's; `None` at start-up, which loads
+    /// everything and is not counted as a reload.
     pub async fn apply(
         self: &Arc<Self>,
         config: &Config,
         diff: Option<&ConfigDiff>,
     ) -> Vec<(String, PluginError)> {
+        match self.stage(config, diff).await {
+            Ok(staged) => {
+                staged.commit();
+                Vec::new()
+            }
+            Err(problems) => problems,
+        }
+    }
+
+    /// Loads what a config adds, re-points or changes (compile, type-check,
+    /// smoke test) without serving any of it yet. A config that names a
+    /// plugin that cannot load is refused whole, exactly as `check` and
+    /// start-up would refuse it: the caller gets every problem and the
+    /// running set stays. Holds the load lock until the result is
+    /// committed or dropped, so a file event cannot slip in between.
+    pub async fn stage(
+        self: &Arc<Self>,
+        config: &Config,
+        diff: Option<&ConfigDiff>,
+    ) -> Result<Staged, Vec<(String, PluginError)>> {
         let counted = diff.is_some();
-        let _guard = self.loading.lock().await;
+        let guard = self.loading.clone().lock_owned().await;
         let wanted: BTreeMap<String, Wanted> = config
             .plugins
             .iter()
@@ -217,41 +236,45 @@ impl Plugins {
             })
             .collect();
         let old_wanted = self.wanted.load_full();
-        self.wanted.store(Arc::new(wanted.clone()));
-
         let mut problems = Vec::new();
         let mut next: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        let mut fresh = Vec::new();
         let current = self.loaded.load_full();
         for (name, w) in &wanted {
             // Its section as the diff sees it, plus the world, which the
             // enrich and invalidation sections decide.
             let unchanged = diff.is_some_and(|d| !d.changed(&format!("plugins.{name}")))
                 && old_wanted.get(name).map(|o| o.world) == Some(w.world);
-            match (current.get(name), unchanged) {
-                (Some(p), true) if self.file_sha(&w.cfg).as_deref() == Some(p.sha256.as_str()) => {
+            match current.get(name) {
+                Some(p)
+                    if unchanged && self.file_sha(&w.cfg).as_deref() == Some(p.sha256.as_str()) =>
+                {
                     next.insert(name.clone(), p.clone());
                 }
-                (old, _) => match self.load(name, w).await {
+                _ => match self.load(name, w).await {
                     Ok(p) => {
-                        self.loaded_ok(&p, counted);
-                        next.insert(name.clone(), Arc::new(p));
+                        let p = Arc::new(p);
+                        fresh.push(p.clone());
+                        next.insert(name.clone(), p);
                     }
                     Err(e) => {
                         self.rejected(name, &e, counted);
                         problems.push((name.clone(), e));
-                        if let Some(old) = old {
-                            next.insert(name.clone(), old.clone());
-                        }
                     }
                 },
             }
         }
-        self.loaded.store(Arc::new(next));
-        if let Ok(mut st) = self.status.lock() {
-            st.retain(|name, _| wanted.contains_key(name));
+        if !problems.is_empty() {
+            return Err(problems);
         }
-        self.rewatch(&wanted);
-        problems
+        Ok(Staged {
+            plugins: self.clone(),
+            wanted,
+            next,
+            fresh,
+            counted,
+            _guard: guard,
+        })
     }
 
     /// Reloads the plugins whose file content changed (a file event).
@@ -394,6 +417,35 @@ impl Plugins {
             .map(|(n, p)| (n.clone(), json!(p.sha256)))
             .collect();
         serde_json::Value::Object(map)
+    }
+}
+
+/// A plugin set that loaded in full and waits to serve; dropping it
+/// discards it and the running set stays.
+pub struct Staged {
+    plugins: Arc<Plugins>,
+    wanted: BTreeMap<String, Wanted>,
+    next: HashMap<String, Arc<LoadedPlugin>>,
+    /// Loaded by this stage (not kept from the running set).
+    fresh: Vec<Arc<LoadedPlugin>>,
+    counted: bool,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Staged {
+    /// Serves the staged set: new requests get it, requests in flight
+    /// finish on the version they hold.
+    pub fn commit(self) {
+        let p = &self.plugins;
+        for fresh in &self.fresh {
+            p.loaded_ok(fresh, self.counted);
+        }
+        p.wanted.store(Arc::new(self.wanted.clone()));
+        p.loaded.store(Arc::new(self.next));
+        if let Ok(mut st) = p.status.lock() {
+            st.retain(|name, _| self.wanted.contains_key(name));
+        }
+        p.rewatch(&self.wanted);
     }
 }
 

@@ -22,7 +22,11 @@ use crate::state::{Runtime, State};
 pub enum ReloadOutcome {
     /// A new config is in force; the listed keys changed but only take
     /// effect after a restart.
-    Applied { needs_restart: Vec<String> },
+    Applied {
+        needs_restart: Vec<String>,
+        /// Legal changes an operator must not miss (logged at WARN too).
+        warnings: Vec<String>,
+    },
     /// The file has the content last tried; nothing was done.
     Unchanged,
 }
@@ -41,10 +45,32 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
     let mut last = state.reload_guard.lock().await;
     let file = path.display().to_string();
     let read_path = path.clone();
-    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(read_path))
+    let read = tokio::task::spawn_blocking(move || std::fs::read(read_path))
         .await
-        .map_err(|e| one_problem(&file, format!("reload task failed: {e}")))?
-        .map_err(|e| one_problem(&file, format!("cannot read: {e}")));
+        .map_err(|e| one_problem(&file, format!("reload task failed: {e}")))?;
+    // What the file is now, readable or not: an unreadable file is rejected
+    // (and counted) once per change, not once per directory event.
+    let seen = match &read {
+        Ok(bytes) => content_hash(bytes),
+        Err(e) => content_hash(format!("unreadable: {:?} {e}", e.kind()).as_bytes()),
+    };
+    if !force && *last == Some(seen) {
+        return Ok(ReloadOutcome::Unchanged);
+    }
+    *last = Some(seen);
+    let text = read
+        .map_err(|e| one_problem(&file, format!("cannot read: {e}")))
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| {
+                one_problem(
+                    &file,
+                    format!(
+                        "not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )
+            })
+        });
     let text = match text {
         Ok(t) => t,
         Err(e) => {
@@ -52,11 +78,6 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             return Err(e);
         }
     };
-    let hash = content_hash(&text);
-    if !force && *last == Some(hash) {
-        return Ok(ReloadOutcome::Unchanged);
-    }
-    *last = Some(hash);
 
     let parse_file = file.clone();
     let built = tokio::task::spawn_blocking(move || {
@@ -77,6 +98,24 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
     // before `publish` below.
     let diff = ConfigDiff::new(&state.runtime().config, &runtime.config);
     tracing::debug!(changed = ?diff.sections().collect::<Vec<_>>(), "config diff");
+    // Plugins the new config adds, re-points or changes load first, without
+    // serving: one that cannot load rejects the whole config, as `check`
+    // and a restart would, instead of deferring the outage to the restart.
+    let staged = match state.plugins.stage(&runtime.config, Some(&diff)).await {
+        Ok(staged) => staged,
+        Err(problems) => {
+            state.metrics.reload("config", false);
+            return Err(ConfigError {
+                file,
+                problems: problems
+                    .into_iter()
+                    .map(|(name, reason)| {
+                        Problem::new(format!("plugins.{name}.path"), reason.to_string())
+                    })
+                    .collect(),
+            });
+        }
+    };
     if let Err(p) = state
         .profiles
         .reconfigure(&runtime.config, runtime.officer.clone(), &diff)
@@ -87,22 +126,43 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             problems: vec![p],
         });
     }
-    // Plugins added, removed or re-pointed load now; one that fails keeps
-    // its last good version and is reported on its own, not as a config error.
-    for (name, reason) in state.plugins.apply(&runtime.config, Some(&diff)).await {
-        tracing::error!(plugin = %name, %reason, "plugin from the new config rejected");
-    }
+    staged.commit();
+    let warnings: Vec<String> = opened_admin(&state.runtime(), &runtime)
+        .into_iter()
+        .collect();
     let needs_restart = diff.needs_restart();
     state.publish(runtime);
     state.metrics.reload("config", true);
-    Ok(ReloadOutcome::Applied { needs_restart })
+    Ok(ReloadOutcome::Applied {
+        needs_restart,
+        warnings,
+    })
+}
+
+/// A reload that removes the admin token opens the mutating admin
+/// endpoints to anyone who reaches the admin listener: legal, but never
+/// silent.
+fn opened_admin(old: &Runtime, new: &Runtime) -> Option<String> {
+    (old.admin_token.is_some() && new.admin_token.is_none()).then(|| {
+        format!(
+            "admin.token was removed: the mutating endpoints on {} (/admin/reload, \
+             /admin/events, cache purges) now accept requests without a bearer token",
+            new.config.admin.listen
+        )
+    })
 }
 
 /// Logs the outcome of a reload the way operators need to see it.
 pub fn log_outcome(result: &Result<ReloadOutcome, ConfigError>, trigger: &str) {
     match result {
-        Ok(ReloadOutcome::Applied { needs_restart }) => {
+        Ok(ReloadOutcome::Applied {
+            needs_restart,
+            warnings,
+        }) => {
             tracing::info!(trigger, "config reloaded");
+            for warning in warnings {
+                tracing::warn!(trigger, %warning, "config reloaded with a warning");
+            }
             for key in needs_restart {
                 tracing::warn!(trigger, key = %key, "changed key takes effect only after a restart");
             }
@@ -126,16 +186,16 @@ fn one_problem(file: &str, reason: String) -> ConfigError {
     }
 }
 
-fn content_hash(text: &str) -> u64 {
+fn content_hash(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
-    text.hash(&mut h);
+    bytes.hash(&mut h);
     h.finish()
 }
 
 /// Remembers the content of the file the process started with, so that the
 /// first event after start does not count as a change.
 pub async fn remember_initial(state: &State, text: &str) {
-    *state.reload_guard.lock().await = Some(content_hash(text));
+    *state.reload_guard.lock().await = Some(content_hash(text.as_bytes()));
 }
 
 /// Starts watching the config file's directory; reloads run on the tokio

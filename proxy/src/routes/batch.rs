@@ -3,14 +3,15 @@
 //! origin batch for whatever is missing), with batch-level cache headers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::profile::{id_error, read_limited, set_cache_headers};
-use crate::http::body::{full, Body};
+use super::profile::{id_error, set_cache_headers};
+use crate::http::body::{full, read_limited, Body};
 use crate::http::error::ProxyError;
 use crate::lookup::{CacheStatus, IdRules, Profiles};
 use crate::metrics::Metrics;
@@ -37,8 +38,9 @@ pub async fn batch(
     profiles: &Arc<Profiles>,
     metrics: &Metrics,
     max_body: usize,
+    body_timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
-    let bytes = read_limited(req, max_body).await?;
+    let bytes = read_limited(req, max_body, body_timeout).await?;
     let ids = parse_body(&bytes, &profiles.ids())?;
 
     let results = profiles.get_many(&ids).await;

@@ -36,7 +36,8 @@ pub async fn handle(
         ))
     })?;
     let head = req.method() == Method::HEAD;
-    let resp = passthrough::forward(req, conn, upstream, &state.metrics, None).await?;
+    let idle = rt.config.server.body_read_timeout.get();
+    let resp = passthrough::forward(req, conn, upstream, &state.metrics, None, idle).await?;
     let limit = route.max_body_size.as_usize();
     if head || !enrichable(resp.status(), resp.headers(), limit) {
         return Ok(resp);
@@ -56,7 +57,10 @@ pub async fn handle(
         Read::Failed(e) => {
             return Err(ProxyError::BadGateway {
                 upstream: route.upstream.clone(),
-                detail: format!("reading the answer to enrich failed: {e}"),
+                detail: format!(
+                    "reading the answer to enrich failed: {}",
+                    crate::http::upstream::client_facing(&*e)
+                ),
             })
         }
     };

@@ -2,6 +2,8 @@
 //! came, minus hop-by-hop headers, plus X-Forwarded-*. Bodies stream both
 //! ways; nothing here buffers a whole body.
 
+use std::time::Duration;
+
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
@@ -14,13 +16,15 @@ use crate::metrics::Metrics;
 
 /// Forwards `req` to `upstream` and returns the upstream's answer, status
 /// and headers as they are (5xx included). `kind` labels the Officer origin
-/// metric; `None` for other upstreams.
+/// metric; `None` for other upstreams. `body_idle` bounds the pauses of
+/// the request body (`server.body_read_timeout`).
 pub async fn forward(
     req: Request<Incoming>,
     conn: ConnInfo,
     upstream: &Upstream,
     metrics: &Metrics,
     kind: Option<&str>,
+    body_idle: Duration,
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let target = parts
@@ -28,12 +32,16 @@ pub async fn forward(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_string();
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    // An absolute-form target (or HTTP/2's :authority) names the host the
+    // client meant; Host only counts when the target has no authority
+    // (RFC 9112 section 3.2.2).
+    let host = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,
@@ -47,7 +55,7 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
 
     let out = Request::from_parts(parts, body::stream(body));
-    let resp = match upstream.send(out).await {
+    let resp = match upstream.send(out, body_idle).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = if matches!(e, ProxyError::GatewayTimeout { .. }) {

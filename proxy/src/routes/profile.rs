@@ -1,15 +1,12 @@
 //! The profile route of the main listener (README "Main listener"): `GET
 //! {user_path}`, answered from the tiers with `x-cache` and `x-cache-tier`
 //! headers, plus what the batch route shares with it (cache headers, id
-//! errors, bounded body reads). Ids are checked before anything else
+//! errors). Ids are checked before anything else
 //! happens, so a bad id never reaches a tier or the origin.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::http::body::{full, json_response, Body};
@@ -57,38 +54,6 @@ pub fn id_error(e: IdError) -> ProxyError {
         IdError::Invalid { .. } => ProxyError::BadRequest(e.to_string()),
         IdError::TooMany { .. } => ProxyError::PayloadTooLarge(e.to_string()),
     }
-}
-
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
-pub async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ProxyError> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large(limit));
-        }
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large(limit))
-        }
-        Err(e) => Err(ProxyError::BadRequest(format!(
-            "reading the request body failed: {e}"
-        ))),
-    }
-}
-
-fn too_large(limit: usize) -> ProxyError {
-    ProxyError::PayloadTooLarge(format!(
-        "request body is over server.max_body_size ({limit} bytes)"
-    ))
 }
 
 pub(crate) fn set_cache_headers(resp: &mut Response<Body>, status: CacheStatus, tier: TierKind) {

@@ -94,6 +94,7 @@ impl MainRouter {
         rt: &Runtime,
         route: Route,
     ) -> Result<Response<Body>, ProxyError> {
+        headers::check_target(&req)?;
         let limit = rt.config.server.max_header_size.as_usize();
         let size = headers::head_size(req.headers());
         if size > limit {
@@ -108,16 +109,28 @@ impl MainRouter {
                 profile::get_profile(&state.profiles, &state.metrics, id).await
             }
             Route::Batch => {
-                let max_body = rt.config.server.max_body_size.as_usize();
-                batch::batch(req, &state.profiles, &state.metrics, max_body).await
+                let server = &rt.config.server;
+                let (max_body, timeout) = (
+                    server.max_body_size.as_usize(),
+                    server.body_read_timeout.get(),
+                );
+                batch::batch(req, &state.profiles, &state.metrics, max_body, timeout).await
             }
             Route::Enrich(i) => match rt.config.enrich.get(i) {
                 Some(route) => enrich::handle(req, conn, rt, route, state).await,
                 None => Err(ProxyError::Internal("enrich route vanished".into())),
             },
             Route::Passthrough => {
-                passthrough::forward(req, conn, &rt.officer, &state.metrics, Some("passthrough"))
-                    .await
+                let idle = rt.config.server.body_read_timeout.get();
+                passthrough::forward(
+                    req,
+                    conn,
+                    &rt.officer,
+                    &state.metrics,
+                    Some("passthrough"),
+                    idle,
+                )
+                .await
             }
         }
     }
@@ -144,6 +157,9 @@ impl Handler for MainRouter {
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
+                if let ProxyError::RequestTimeout(_) = e {
+                    self.state.metrics.client_timeout("body");
+                }
                 span.in_scope(|| {
                     if e.status().is_server_error() {
                         tracing::warn!(status = e.status().as_u16(), error = %e, "request failed");
