@@ -15,6 +15,9 @@ pub struct ProfilesConfig {
     pub max_request_ids: usize,
     /// How long a 404 from the origin is remembered.
     pub negative_ttl: Dur,
+    /// Most "not found" entries one instance writes to the shared tiers per
+    /// `negative_ttl`; beyond it they are kept in memory only.
+    pub max_negative_entries: usize,
     /// The single-profile route, here and on the Officer; must end in `/{id}`.
     pub user_path: String,
     /// The batch route, here and on the Officer.
@@ -27,6 +30,7 @@ impl Default for ProfilesConfig {
             id_pattern: "^[0-9a-fA-F-]{1,64}$".into(),
             max_request_ids: 1000,
             negative_ttl: Dur::secs(30),
+            max_negative_entries: 10_000,
             user_path: "/api/users/{id}".into(),
             batch_path: "/api/users/batch".into(),
         }

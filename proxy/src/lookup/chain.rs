@@ -9,6 +9,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::ids::IdRules;
+use super::negative::NegativeBudget;
 use crate::coalesce::batcher::OriginSource;
 use crate::coalesce::{BatchParams, Batcher};
 use crate::config::{Config, Problem};
@@ -37,6 +38,9 @@ pub struct Chain {
     pub batcher: Arc<Batcher>,
     pub ids: IdRules,
     pub negative_ttl: Duration,
+    /// The cap on "not found" entries written to the shared tiers; kept
+    /// across reloads that leave `[profiles]` alone.
+    pub negatives: Arc<NegativeBudget>,
     pub throttle_ms: u64,
     /// Share of an entry's fresh life after which a hit refreshes it.
     pub eager_refresh: f64,
@@ -107,12 +111,20 @@ impl Chain {
         };
         let pattern = Regex::new(&cfg.profiles.id_pattern)
             .map_err(|e| Problem::new("profiles.id_pattern", e.to_string()))?;
+        let negatives = match prev {
+            Some(p) if !changed("profiles") => p.negatives.clone(),
+            _ => Arc::new(NegativeBudget::new(
+                cfg.profiles.max_negative_entries,
+                millis(cfg.profiles.negative_ttl.get()),
+            )),
+        };
         Ok(Chain {
             memory,
             lower,
             batcher,
             ids: IdRules::new(pattern, cfg.profiles.max_request_ids),
             negative_ttl: cfg.profiles.negative_ttl.get(),
+            negatives,
             throttle_ms: millis(cfg.fail_safe.throttle.get()),
             eager_refresh: mem.eager_refresh,
             max_stale,
@@ -138,6 +150,7 @@ impl Chain {
             batcher: self.batcher.clone(),
             ids: self.ids.clone(),
             negative_ttl: self.negative_ttl,
+            negatives: self.negatives.clone(),
             throttle_ms: self.throttle_ms,
             eager_refresh: self.eager_refresh,
             max_stale: self.max_stale,

@@ -11,6 +11,7 @@ pub mod failsafe;
 pub mod fence;
 pub mod ids;
 pub mod invalidate;
+pub mod negative;
 pub mod profiles;
 pub mod stats;
 pub mod status;

@@ -376,8 +376,14 @@ impl Profiles {
             }
             if !fresh.is_empty() {
                 // Shared tiers first, memory last under the fence: a fenced
-                // value is then taken out of the shared tiers again.
-                put_all(chain.lower_tiers(), &fresh).await;
+                // value is then taken out of the shared tiers again. "Not
+                // found" answers past the cap stay in memory only.
+                let shared: Vec<(String, Entry)> = fresh
+                    .iter()
+                    .filter(|(_, e)| e.body.is_some() || chain.negatives.admit(now))
+                    .cloned()
+                    .collect();
+                put_all(chain.lower_tiers(), &shared).await;
                 for (id, e) in fresh {
                     let end = self.publish(&chain, &tickets[id.as_str()], e, TierKind::Origin);
                     if matches!(end, FlightEnd::Superseded) {

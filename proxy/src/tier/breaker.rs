@@ -60,7 +60,11 @@ impl Breaker {
         }
     }
 
-    pub fn failure(&self) {
+    /// Counts a failed call. `cause` goes into the log when the breaker
+    /// opens and when a trial fails (once per cooldown), so that "open"
+    /// always comes with why: a wrong password reads differently from a
+    /// dead host.
+    pub fn failure(&self, cause: &dyn std::fmt::Display) {
         let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.threshold {
             let was = self
@@ -70,8 +74,11 @@ impl Breaker {
                 tracing::warn!(
                     failures = n,
                     cooldown_ms = self.cooldown_ms,
+                    %cause,
                     "tier failing; circuit breaker open"
                 );
+            } else if n > self.threshold {
+                tracing::warn!(%cause, cooldown_ms = self.cooldown_ms, "tier still failing; circuit breaker stays open");
             }
         }
     }
@@ -89,9 +96,9 @@ mod tests {
     fn opens_after_threshold_and_lets_one_trial_through_after_cooldown() {
         let b = Breaker::new(2, Duration::from_millis(30));
         assert!(b.allow());
-        b.failure();
+        b.failure(&"boom");
         assert!(b.allow(), "one failure is under the threshold");
-        b.failure();
+        b.failure(&"boom");
         assert!(!b.allow(), "open after two");
         std::thread::sleep(Duration::from_millis(40));
         assert!(b.allow(), "trial after cooldown");

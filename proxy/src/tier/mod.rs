@@ -70,14 +70,20 @@ impl Entry {
 
     /// This entry as a tier with `ttl` keeps it: fresh for at most `ttl`
     /// from now (never fresher than its source says), then stale for
-    /// `max_stale` more.
+    /// `max_stale` more. A "not found" stays stale no longer than it was
+    /// fresh (`negative_ttl`): serving an old 404 through an outage is worth
+    /// a little, keeping invented ids for `max_stale` is not.
     pub fn restamped(&self, now: u64, ttl: Duration, max_stale: Duration) -> Entry {
         let fresh_until = self.fresh_until.min(now.saturating_add(millis(ttl)));
+        let mut stale_for = millis(max_stale);
+        if self.body.is_none() {
+            stale_for = stale_for.min(self.fresh_until.saturating_sub(self.fetched_at));
+        }
         Entry {
             body: self.body.clone(),
             fetched_at: self.fetched_at,
             fresh_until,
-            stale_until: fresh_until.saturating_add(millis(max_stale)),
+            stale_until: fresh_until.saturating_add(stale_for),
         }
     }
 }
@@ -148,5 +154,12 @@ mod tests {
         assert_eq!(later.fresh_until, 301_000);
         assert!(later.is_fresh(300_999) && !later.is_fresh(301_000));
         assert!(later.is_usable(360_999) && !later.is_usable(361_000));
+    }
+
+    #[test]
+    fn a_not_found_is_stale_no_longer_than_it_was_fresh() {
+        let e = Entry::from_origin(None, 1_000, Duration::from_secs(30));
+        let kept = e.restamped(1_000, Duration::from_secs(300), Duration::from_secs(3600));
+        assert_eq!((kept.fresh_until, kept.stale_until), (31_000, 61_000));
     }
 }

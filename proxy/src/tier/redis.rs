@@ -88,14 +88,15 @@ impl RedisTier {
                 Ok(v)
             }
             Ok(Err(e)) => {
-                self.breaker.failure();
+                self.breaker.failure(&e);
                 Err(TierError::Failed {
                     tier: "redis",
                     detail: e.to_string(),
                 })
             }
             Err(_) => {
-                self.breaker.failure();
+                self.breaker
+                    .failure(&format_args!("no answer within {:?}", self.timeout));
                 Err(TierError::Timeout {
                     tier: "redis",
                     timeout: self.timeout,
