@@ -53,20 +53,6 @@ fn roomy() -> String {
     format!("deadline = \"{ROOMY_DEADLINE}\"\n")
 }
 
-/// Polls `done` until it is true; fails with `what` after 60 s, a safety
-/// net far past what any step takes, even on a loaded machine.
-async fn wait_until<F, Fut>(what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done().await {
-        assert!(Instant::now() < deadline, "{what} (waited 60 s)");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn snapshots(body: &Value) -> Vec<Value> {
     body["posts"]
         .as_array()

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Beyond the original contract: client connections or requests cut off
     /// by a deadline, by kind (head|idle|write|body).
     pub client_timeouts: IntCounterVec,
+    /// Beyond the original contract: debounced bursts of file events the
+    /// config watcher handled (each re-reads the file; most change nothing).
+    pub config_watch_events: IntCounter,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -111,6 +114,11 @@ impl Metrics {
             "Client connections closed or requests answered 408 by a deadline, by kind (head|idle|write|body).",
             &["kind"],
         );
+        let config_watch_events = IntCounter::new(
+            "profile_edge_config_watch_events_total",
+            "Debounced bursts of file events in the config file's directory; each re-reads the file.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
         for kind in CLIENT_TIMEOUTS {
             client_timeouts.with_label_values(&[kind]);
         }
@@ -150,6 +158,7 @@ impl Metrics {
             invalidations,
             connections,
             client_timeouts,
+            config_watch_events,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -165,6 +174,7 @@ impl Metrics {
             Box::new(m.invalidations.clone()),
             Box::new(m.connections.clone()),
             Box::new(m.client_timeouts.clone()),
+            Box::new(m.config_watch_events.clone()),
         ];
         for c in collectors {
             m.registry

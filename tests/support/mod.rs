@@ -518,3 +518,38 @@ pub async fn sim_origin(users: usize, latency: Duration) -> profile_edge::testki
 pub fn profile_config(officer: &str, extra: &str) -> String {
     config_text(officer, extra)
 }
+
+/// Polls `done` until it is true; fails with `what` after 60 s, a safety
+/// net far past what any step takes, even on a loaded machine.
+pub async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what} (waited 60 s)");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a metric series reaches `at_least`; returns its value.
+pub async fn wait_for_metric(
+    client: &HttpClient,
+    admin: SocketAddr,
+    series: &str,
+    at_least: f64,
+) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = metric(client, admin, series).await;
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stayed at {v}, below {at_least} (waited 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

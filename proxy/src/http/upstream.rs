@@ -147,6 +147,11 @@ impl Upstream {
     /// The full cause goes to the log; the client gets a short description
     /// without library internals.
     fn transport_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        if let Some(stalled) = find_cause::<UploadStalled>(e) {
+            // The watched body gave up; the request failed with its error
+            // before the watcher's own signal was seen.
+            return ProxyError::RequestTimeout(stalled.to_string());
+        }
         if client_body_failed(e) {
             // The client's own body broke off or was malformed mid-stream:
             // its fault, not the upstream's.
@@ -167,6 +172,20 @@ impl Upstream {
             detail: format!("{what}: {}", client_facing(e)),
         }
     }
+}
+
+/// The first error of type `T` in `e`'s chain.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Whether a client error was caused by the request body we were streaming.

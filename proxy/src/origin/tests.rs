@@ -71,3 +71,14 @@ fn load_errors_map_to_gateway_statuses() {
     assert_eq!(LoadError::Timeout(Duration::ZERO).label(), "timeout");
     assert_eq!(LoadError::Unreachable("x".into()).label(), "error");
 }
+
+#[test]
+fn an_id_stays_one_path_segment_at_the_origin() {
+    let escaped =
+        percent_encoding::utf8_percent_encode("a b/c?d#e%f", super::ID_SEGMENT).to_string();
+    assert_eq!(escaped, "a%20b%2Fc%3Fd%23e%25f");
+    assert_eq!(
+        percent_encoding::utf8_percent_encode("5a0c3e-0000", super::ID_SEGMENT).to_string(),
+        "5a0c3e-0000"
+    );
+}

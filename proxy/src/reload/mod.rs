@@ -212,6 +212,9 @@ pub fn watch(state: Arc<State>, path: &Path) -> notify::Result<RecommendedWatche
             async move {
                 let result = reload_config(&state, false).await;
                 log_outcome(&result, "file");
+                // Counted after the outcome, so a test that waits for the
+                // count also sees what the burst did.
+                state.metrics.config_watch_events.inc();
             }
         },
     )
