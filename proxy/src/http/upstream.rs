@@ -220,21 +220,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What a client may be told about a transport error: the kind of failure,
 /// in plain words, never the library's type names or internal states.
-pub fn client_facing(e: &(dyn std::error::Error + 'static)) -> &'static str {
+pub fn client_facing(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut said = None;
     while let Some(err) = cur {
+        if let Some(tls) = find_cause::<rustls::Error>(err) {
+            // Names the certificate problem (unknown issuer, expired, wrong
+            // name): what an operator needs, with nothing of the library.
+            return format!("TLS handshake failed: {tls}");
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io_words(io.kind());
+            // An OS error says enough by its kind; a custom one carries
+            // its producer's message (rustls: "invalid peer certificate:
+            // UnknownIssuer"), which is about the peer, not our internals.
+            return match io.get_ref() {
+                Some(inner) => format!("{}: {inner}", io_words(io.kind())),
+                None => io_words(io.kind()).to_string(),
+            };
         }
         if err
             .downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
         {
-            return "body over the size limit";
+            return "body over the size limit".into();
         }
         if err.downcast_ref::<UploadStalled>().is_some() {
-            return "the request body paused for too long";
+            return "the request body paused for too long".into();
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             said = said.or(if h.is_timeout() {
@@ -251,12 +262,9 @@ pub fn client_facing(e: &(dyn std::error::Error + 'static)) -> &'static str {
                 None
             });
         }
-        if err.downcast_ref::<rustls::Error>().is_some() {
-            return "TLS handshake failed";
-        }
         cur = err.source();
     }
-    said.unwrap_or("transport error")
+    said.unwrap_or("transport error").to_string()
 }
 
 fn io_words(kind: std::io::ErrorKind) -> &'static str {
