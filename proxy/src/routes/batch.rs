@@ -25,7 +25,15 @@ struct BatchRequest {
 /// The ids of a batch body, duplicates folded, each checked: 400 for a
 /// malformed body or a bad id (naming `ids[i]`), 413 for too many.
 pub fn parse_body(bytes: &[u8], rules: &IdRules) -> Result<Vec<String>, ProxyError> {
-    let parsed: BatchRequest = serde_json::from_slice(bytes).map_err(|e| {
+    // serde_json does not check the UTF-8 of strings it skips (unknown
+    // fields); a body must be JSON text all the way through.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ProxyError::BadRequest(format!(
+            "body is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let parsed: BatchRequest = serde_json::from_str(text).map_err(|e| {
         ProxyError::BadRequest(format!("body must be {{\"ids\": [\"<id>\", ...]}}: {e}"))
     })?;
     rules.check_list("ids", parsed.ids).map_err(id_error)
@@ -98,4 +106,27 @@ pub async fn batch(
     );
     set_cache_headers(&mut resp, status, deepest);
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use regex::Regex;
+
+    use super::*;
+
+    /// Found by the `batch_body` fuzz target: serde_json accepted invalid
+    /// UTF-8 inside a field it skipped.
+    #[test]
+    fn a_body_with_invalid_utf8_anywhere_is_refused() {
+        let rules = IdRules::new(Regex::new("^[a-z]{1,8}$").expect("regex"), 10);
+        let e = parse_body(b"{\"ids\":[],\"\":\"\xf3\"}", &rules).expect_err("refused");
+        assert!(
+            matches!(&e, ProxyError::BadRequest(d) if d.contains("UTF-8")),
+            "{e:?}"
+        );
+        assert_eq!(
+            parse_body(br#"{"ids":["b","a","b"]}"#, &rules).expect("ok"),
+            vec!["b", "a"]
+        );
+    }
 }
