@@ -10,19 +10,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::http::body::{Body, BoxError};
-
-#[derive(Clone, Copy, Debug)]
-struct Load {
-    in_flight: usize,
-    seen_request: bool,
-    idle_since: Instant,
-}
 
 /// Why the watchdog wants a connection closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,80 +38,88 @@ impl Expired {
 }
 
 /// Shared by the connection's service (which marks requests) and its
-/// watchdog (which waits for a deadline).
+/// watchdog (which waits for a deadline). Requests only touch atomics: the
+/// watchdog is never woken by traffic, it re-reads the state when its own
+/// timer fires, so a busy keep-alive connection costs two atomic updates
+/// per request, not two task wake-ups.
 #[derive(Clone)]
 pub struct ConnWatch {
-    tx: watch::Sender<Load>,
+    inner: Arc<Activity>,
+}
+
+struct Activity {
+    /// When the connection was accepted; the other times count from it.
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// Set by the first request head.
+    seen_request: AtomicBool,
+    /// Milliseconds from `epoch` to the end of the last request.
+    idle_since_ms: AtomicU64,
 }
 
 impl ConnWatch {
-    pub fn new() -> ConnWatch {
-        let (tx, _) = watch::channel(Load {
-            in_flight: 0,
-            seen_request: false,
-            idle_since: Instant::now(),
-        });
-        ConnWatch { tx }
+    /// `accepted` is when the head deadline starts.
+    pub fn new(accepted: Instant) -> ConnWatch {
+        ConnWatch {
+            inner: Arc::new(Activity {
+                epoch: accepted,
+                in_flight: AtomicUsize::new(0),
+                seen_request: AtomicBool::new(false),
+                idle_since_ms: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// A request head arrived; the guard ends the request when dropped.
     pub fn begin(&self) -> InFlight {
-        self.tx.send_modify(|l| {
-            l.in_flight += 1;
-            l.seen_request = true;
-        });
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.inner.seen_request.store(true, Ordering::Release);
         InFlight {
-            tx: self.tx.clone(),
+            inner: self.inner.clone(),
         }
     }
 
-    /// Resolves when a deadline passes: the head deadline (from `accepted`)
-    /// until the first request, then the idle deadline whenever nothing is
-    /// in flight. Never resolves while a request is in flight.
-    pub async fn expired(&self, accepted: Instant, head: Duration, idle: Duration) -> Expired {
-        let mut rx = self.tx.subscribe();
+    /// Resolves when a deadline passes: the head deadline (from accept)
+    /// until the first request, then the idle deadline whenever nothing
+    /// has been in flight for `idle`. Never resolves while a request is in
+    /// flight.
+    pub async fn expired(&self, head: Duration, idle: Duration) -> Expired {
+        let a = &self.inner;
+        tokio::time::sleep_until(a.epoch + head).await;
+        if !a.seen_request.load(Ordering::Acquire) {
+            return Expired::Head;
+        }
         loop {
-            let load = *rx.borrow_and_update();
-            let deadline = if !load.seen_request {
-                Some((accepted + head, Expired::Head))
-            } else if load.in_flight == 0 {
-                Some((load.idle_since + idle, Expired::Idle))
+            let now = Instant::now();
+            let next = if a.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: look again one idle period from now.
+                now + idle
             } else {
-                None
-            };
-            match deadline {
-                Some((at, why)) => tokio::select! {
-                    _ = tokio::time::sleep_until(at) => return why,
-                    _ = rx.changed() => {}
-                },
-                // The sender lives in `self`, so `changed` cannot fail here.
-                None => {
-                    let _ = rx.changed().await;
+                let since =
+                    a.epoch + Duration::from_millis(a.idle_since_ms.load(Ordering::Acquire));
+                if now >= since + idle {
+                    return Expired::Idle;
                 }
-            }
+                since + idle
+            };
+            tokio::time::sleep_until(next).await;
         }
-    }
-}
-
-impl Default for ConnWatch {
-    fn default() -> Self {
-        ConnWatch::new()
     }
 }
 
 /// One request in flight on a connection.
 pub struct InFlight {
-    tx: watch::Sender<Load>,
+    inner: Arc<Activity>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.tx.send_modify(|l| {
-            l.in_flight -= 1;
-            if l.in_flight == 0 {
-                l.idle_since = Instant::now();
-            }
-        });
+        let a = &self.inner;
+        // Stamped before the count drops, so a watchdog that sees zero in
+        // flight also sees this request's end.
+        let ms = u64::try_from(a.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.idle_since_ms.fetch_max(ms, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -168,20 +171,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_expires_at_the_head_deadline() {
-        let w = ConnWatch::new();
         let accepted = Instant::now();
-        assert_eq!(w.expired(accepted, HEAD, IDLE).await, Expired::Head);
+        let w = ConnWatch::new(accepted);
+        assert_eq!(w.expired(HEAD, IDLE).await, Expired::Head);
         assert!(Instant::now() >= accepted + HEAD);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_counts_from_the_end_of_the_last_request() {
-        let w = ConnWatch::new();
         let accepted = Instant::now();
+        let w = ConnWatch::new(accepted);
         let req = w.begin();
         let watchdog = tokio::spawn({
             let w = w.clone();
-            async move { w.expired(accepted, HEAD, IDLE).await }
+            async move { w.expired(HEAD, IDLE).await }
         });
         // In flight far past both deadlines: nothing expires.
         tokio::time::sleep(IDLE * 3).await;

@@ -110,8 +110,9 @@ impl<H: Handler> Listener<H> {
             let tls = self.tls.as_ref().and_then(|t| t());
             let limits = (self.limits)();
             let metrics = self.metrics.clone();
+            let accepted = Instant::now();
             let conn = Conn {
-                accepted: Instant::now(),
+                accepted,
                 info: ConnInfo {
                     peer,
                     tls: tls.is_some(),
@@ -119,7 +120,7 @@ impl<H: Handler> Listener<H> {
                 limits,
                 stop: shutdown.clone(),
                 _registered: drain.watcher(),
-                watch: ConnWatch::new(),
+                watch: ConnWatch::new(accepted),
                 write_tripped: Arc::new(AtomicBool::new(false)),
             };
             let span = tracing::debug_span!("conn", listener = name, %peer);
@@ -264,7 +265,7 @@ impl Conn {
                     }
                     break;
                 }
-                why = self.watch.expired(self.accepted, limits.header_read_timeout, limits.idle_timeout),
+                why = self.watch.expired(limits.header_read_timeout, limits.idle_timeout),
                     if close_by.is_none() =>
                 {
                     tracing::debug!(deadline = why.label(), "closing the connection");
