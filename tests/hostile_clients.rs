@@ -136,7 +136,14 @@ async fn silent_connections_are_closed_at_the_head_deadline() {
 #[tokio::test]
 async fn idle_connections_are_closed_on_both_protocols() {
     let origin = Origin::start("officer").await;
-    let app = start_proxy(&config(&origin.url(), "idle_timeout = \"1s\"", "")).await;
+    // hyper's own HTTP/1 wait for the next head must not close the
+    // keep-alive connection before the idle deadline does.
+    let app = start_proxy(&config(
+        &origin.url(),
+        "idle_timeout = \"1s\"\nheader_read_timeout = \"60s\"",
+        "",
+    ))
+    .await;
     let addr = app.main_addr();
     let url = format!("http://{addr}/status/200");
 
@@ -313,7 +320,9 @@ async fn a_client_that_stops_reading_is_cut_off() {
 #[tokio::test]
 async fn passthrough_uploads_are_bounded_by_pauses_not_by_the_upstream_timeout() {
     let origin = Origin::start("officer").await;
-    let text = config(&origin.url(), "body_read_timeout = \"1s\"", "")
+    // Pauses of 100 ms against a body deadline of 10 s: only the upstream
+    // timeout (300 ms) could trip here, and it must not.
+    let text = config(&origin.url(), "body_read_timeout = \"10s\"", "")
         .replace("timeout = \"10s\"", "timeout = \"300ms\"");
     let app = start_proxy(&text).await;
     let url = format!("http://{}/echo", app.main_addr());
@@ -345,8 +354,13 @@ async fn passthrough_uploads_are_bounded_by_pauses_not_by_the_upstream_timeout()
     );
     feeder.await.unwrap();
 
+    app.shutdown().await;
+
     // One chunk, then silence, to an origin that waits for the whole body
-    // before it answers: 408, and the origin request is abandoned.
+    // before it answers: 408, and the origin request is abandoned. The
+    // upstream timeout has room here; the body deadline is under test.
+    let text = config(&origin.url(), "body_read_timeout = \"1s\"", "");
+    let app = start_proxy(&text).await;
     let url = format!("http://{}/gate", app.main_addr());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
     tx.send(Ok(Frame::data(Bytes::from_static(b"partial"))))

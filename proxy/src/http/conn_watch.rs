@@ -85,13 +85,16 @@ impl ConnWatch {
     /// flight.
     pub async fn expired(&self, head: Duration, idle: Duration) -> Expired {
         let a = &self.inner;
-        tokio::time::sleep_until(a.epoch + head).await;
-        if !a.seen_request.load(Ordering::Acquire) {
-            return Expired::Head;
-        }
         loop {
             let now = Instant::now();
-            let next = if a.in_flight.load(Ordering::Acquire) > 0 {
+            let next = if !a.seen_request.load(Ordering::Acquire) {
+                if now >= a.epoch + head {
+                    return Expired::Head;
+                }
+                // Looks in at least once per idle period, so that a first
+                // request that came and went is idle on time.
+                (a.epoch + head).min(now + idle)
+            } else if a.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again one idle period from now.
                 now + idle
             } else {
@@ -193,5 +196,20 @@ mod tests {
         drop(req);
         assert_eq!(watchdog.await.expect("watchdog"), Expired::Idle);
         assert!(Instant::now() >= ended + IDLE);
+    }
+
+    /// An idle period shorter than the head deadline is enforced from the
+    /// end of the first request, not from the head deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_short_idle_timeout_is_not_held_back_by_the_head_deadline() {
+        let accepted = Instant::now();
+        let w = ConnWatch::new(accepted);
+        drop(w.begin());
+        let short = Duration::from_secs(1);
+        assert_eq!(w.expired(HEAD, short).await, Expired::Idle);
+        assert!(
+            Instant::now() < accepted + HEAD,
+            "closed before the head deadline"
+        );
     }
 }
