@@ -1,0 +1,41 @@
+//! `routes::batch::parse_body`: never panics; an accepted body gives its
+//! `ids`, first occurrences in order, at most max, each valid and safe.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use profile_edge::http::error::ProxyError;
+use profile_edge::routes::batch::parse_body;
+use profile_edge_fuzz::{all_distinct, is_path_safe, reference_dedup, rules_from};
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let (rules, max) = rules_from(selector);
+    match parse_body(body, &rules) {
+        Ok(ids) => {
+            assert!(all_distinct(&ids), "duplicates in {ids:?}");
+            assert!(ids.len() <= max, "{} ids > max {max}", ids.len());
+            for id in &ids {
+                assert!(rules.check("id", id).is_ok() && is_path_safe(id), "invalid id {id:?}");
+            }
+            let Ok(doc) = serde_json::from_slice::<Value>(body) else {
+                // serde_json does not check UTF-8 inside strings it skips
+                // (unknown fields), so such a body is accepted; its ids are
+                // still checked above. Any other accepted body is JSON.
+                assert!(std::str::from_utf8(body).is_err(), "accepted a UTF-8 body that is not JSON");
+                return;
+            };
+            let asked: Vec<String> = doc["ids"]
+                .as_array()
+                .expect("an accepted body has an ids array")
+                .iter()
+                .map(|v| v.as_str().expect("ids are strings").to_string())
+                .collect();
+            assert_eq!(ids, reference_dedup(&asked));
+        }
+        Err(ProxyError::BadRequest(_) | ProxyError::PayloadTooLarge(_)) => {}
+        Err(e) => panic!("a body is a 400 or 413, not {e:?}"),
+    }
+});
