@@ -20,11 +20,12 @@ fuzz_target!(|data: &[u8]| {
             for id in &ids {
                 assert!(rules.check("id", id).is_ok() && is_path_safe(id), "invalid id {id:?}");
             }
+            // serde_json checks less in what it skips (unknown fields) than
+            // a `Value` needs: neither UTF-8 inside skipped strings
+            // ({"ids":[],"":"\xf3"}) nor the f64 range of skipped numbers
+            // ({"ids":[],"x":1e400}). Such a body is accepted, its ids
+            // checked above; the ids are compared when a `Value` can be built.
             let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-                // serde_json does not check UTF-8 inside strings it skips
-                // (unknown fields), so such a body is accepted; its ids are
-                // still checked above. Any other accepted body is JSON.
-                assert!(std::str::from_utf8(body).is_err(), "accepted a UTF-8 body that is not JSON");
                 return;
             };
             let asked: Vec<String> = doc["ids"]
