@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(all_distinct(&ids), "duplicates in {ids:?}");
             assert!(ids.len() <= max, "{} ids > max {max}", ids.len());
             for id in &ids {
-                assert!(rules.check("id", id).is_ok() && is_path_safe(id), "invalid id {id:?}");
+                assert!(
+                    rules.check("id", id).is_ok() && is_path_safe(id),
+                    "invalid id {id:?}"
+                );
             }
             // serde_json checks less in what it skips (unknown fields) than
             // a `Value` needs: neither UTF-8 inside skipped strings

@@ -12,11 +12,17 @@ fuzz_target!(|data: &[u8]| {
     match Config::parse(&text, "fuzz.toml") {
         Ok(cfg) => {
             let problems = cfg.validate();
-            assert!(problems.is_empty(), "parse accepted a config that validate refuses: {problems:?}");
+            assert!(
+                problems.is_empty(),
+                "parse accepted a config that validate refuses: {problems:?}"
+            );
             regex::Regex::new(&cfg.profiles.id_pattern).expect("an accepted id_pattern compiles");
         }
         Err(e) => {
-            assert!(!e.problems.is_empty(), "an error names at least one problem");
+            assert!(
+                !e.problems.is_empty(),
+                "an error names at least one problem"
+            );
             assert_eq!(e.file, "fuzz.toml");
             let _ = e.to_string();
         }

@@ -20,13 +20,19 @@ fuzz_target!(|data: &[u8]| {
             let doc: Value = serde_json::from_slice(body).expect("an accepted event is JSON");
             assert!(doc.is_object());
             assert!(!ev.kind.is_empty(), "empty event type accepted");
-            assert_eq!(doc.get("type").and_then(Value::as_str), Some(ev.kind.as_str()));
+            assert_eq!(
+                doc.get("type").and_then(Value::as_str),
+                Some(ev.kind.as_str())
+            );
             if ev.kind == "profile-updated" || ev.kind == "profile-deleted" {
                 assert!(ev.user_id.is_some(), "{} without userId", ev.kind);
             }
             match &ev.user_id {
                 Some(id) => {
-                    assert!(rules.check("userId", id).is_ok() && is_path_safe(id), "invalid userId {id:?}");
+                    assert!(
+                        rules.check("userId", id).is_ok() && is_path_safe(id),
+                        "invalid userId {id:?}"
+                    );
                     assert_eq!(doc.get("userId").and_then(Value::as_str), Some(id.as_str()));
                 }
                 None => assert!(matches!(doc.get("userId"), None | Some(Value::Null))),

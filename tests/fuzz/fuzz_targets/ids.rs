@@ -24,14 +24,27 @@ fuzz_target!(|input: Input| {
     let decoded = reference_percent_decode(raw);
     match rules.check_path("id", raw) {
         Ok(id) => {
-            assert!(rules.check("id", &id).is_ok(), "check_path accepted {raw:?} -> {id:?}, check refuses it");
-            assert!(is_path_safe(&id), "check_path accepted unsafe {id:?} from {raw:?}");
-            assert_eq!(decoded.as_deref(), Some(&*id), "check_path decoded {raw:?} differently");
+            assert!(
+                rules.check("id", &id).is_ok(),
+                "check_path accepted {raw:?} -> {id:?}, check refuses it"
+            );
+            assert!(
+                is_path_safe(&id),
+                "check_path accepted unsafe {id:?} from {raw:?}"
+            );
+            assert_eq!(
+                decoded.as_deref(),
+                Some(&*id),
+                "check_path decoded {raw:?} differently"
+            );
         }
         Err(IdError::Invalid { field, id }) => {
             assert_eq!((field.as_str(), id.as_str()), ("id", raw));
             if let Some(d) = &decoded {
-                assert!(rules.check("id", d).is_err(), "check_path refused {raw:?}, whose decoding {d:?} check accepts");
+                assert!(
+                    rules.check("id", d).is_err(),
+                    "check_path refused {raw:?}, whose decoding {d:?} check accepts"
+                );
             }
         }
         Err(e) => panic!("check_path gave {e:?}"),
@@ -45,7 +58,9 @@ fuzz_target!(|input: Input| {
                 assert_eq!(rules.check_path("id", raw).as_deref(), Ok(raw));
             }
         }
-        Err(IdError::Invalid { field, id }) => assert_eq!((field.as_str(), id.as_str()), ("id", raw)),
+        Err(IdError::Invalid { field, id }) => {
+            assert_eq!((field.as_str(), id.as_str()), ("id", raw))
+        }
         Err(e) => panic!("check gave {e:?}"),
     }
 
@@ -56,7 +71,10 @@ fuzz_target!(|input: Input| {
             assert_eq!(ids, want, "duplicates not folded to first occurrences");
             assert!(ids.len() <= max, "{} ids > max {max}", ids.len());
             for id in &ids {
-                assert!(rules.check("id", id).is_ok() && is_path_safe(id), "list passed invalid {id:?}");
+                assert!(
+                    rules.check("id", id).is_ok() && is_path_safe(id),
+                    "list passed invalid {id:?}"
+                );
             }
         }
         Err(IdError::TooMany { count, max: m }) => {
@@ -65,10 +83,16 @@ fuzz_target!(|input: Input| {
         }
         Err(IdError::Invalid { field, id }) => {
             assert!(want.len() <= max, "too many ids reported as invalid");
-            let i = want.iter().position(|w| *w == id).expect("the refused id is in the list");
+            let i = want
+                .iter()
+                .position(|w| *w == id)
+                .expect("the refused id is in the list");
             assert_eq!(field, format!("ids[{i}]"));
             assert!(rules.check("id", &id).is_err(), "refused a valid id {id:?}");
-            assert!(want[..i].iter().all(|w| rules.check("id", w).is_ok()), "not the first invalid id");
+            assert!(
+                want[..i].iter().all(|w| rules.check("id", w).is_ok()),
+                "not the first invalid id"
+            );
         }
     }
 

@@ -17,7 +17,14 @@ use serde_json::Value;
 /// name exercise the key handling.
 const FIELDS: &[&str] = &["userSnapshot", "userId", "posts", "post", "", "a\"b\\c"];
 /// Snapshot texts, as the host hands them over (JSON).
-const SNAPSHOTS: &[&str] = &[r#"{"id":"a","n":1}"#, "null", "[1,{\"x\":2}]", "\"s\"", "{}", "-1.5e3"];
+const SNAPSHOTS: &[&str] = &[
+    r#"{"id":"a","n":1}"#,
+    "null",
+    "[1,{\"x\":2}]",
+    "\"s\"",
+    "{}",
+    "-1.5e3",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
@@ -49,13 +56,20 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if !doc.is_object() {
-        assert!(fast.is_err(), "author_ids_of read a non-object body: {fast:?}");
+        assert!(
+            fast.is_err(),
+            "author_ids_of read a non-object body: {fast:?}"
+        );
         assert!(spliced.is_err(), "splice_snapshots took a non-object body");
         return;
     }
 
     let mut full = doc.clone();
-    assert_eq!(fast, Ok(author_ids(&mut full)), "fast and full readers disagree");
+    assert_eq!(
+        fast,
+        Ok(author_ids(&mut full)),
+        "fast and full readers disagree"
+    );
 
     let spliced = spliced.expect("splice_snapshots takes any JSON object");
     let spliced: Value = serde_json::from_str(&spliced)
@@ -67,7 +81,10 @@ fuzz_target!(|data: &[u8]| {
             .and_then(Value::as_str)
             .and_then(|id| snapshots.get(id))
             .map_or("null", String::as_str);
-        post.insert(field.to_string(), serde_json::from_str(s).expect("snapshot is JSON"));
+        post.insert(
+            field.to_string(),
+            serde_json::from_str(s).expect("snapshot is JSON"),
+        );
     }
     assert_eq!(spliced, full, "splice differs from the full rewrite");
 });

@@ -19,7 +19,11 @@ struct AnyEntry {
 fuzz_target!(|data: &[u8]| {
     // The bytes as a stored value.
     if let Some(e) = decode(data) {
-        assert_eq!(encode(&e), data, "decode accepted a non-canonical value: {e:?}");
+        assert_eq!(
+            encode(&e),
+            data,
+            "decode accepted a non-canonical value: {e:?}"
+        );
     }
     // The same bytes as the recipe for an entry.
     if let Ok(a) = AnyEntry::arbitrary_take_rest(Unstructured::new(data)) {
