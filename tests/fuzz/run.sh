@@ -39,6 +39,10 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 nice_cmd=(nice -n "${FUZZ_NICE:-10}")
 
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "needs the nightly toolchain: rustup toolchain install nightly" >&2
+    exit 1
+fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "== installing cargo-fuzz"
     "${nice_cmd[@]}" cargo install cargo-fuzz --locked || exit 1
@@ -84,7 +88,10 @@ for t in "${targets[@]}"; do
     done_line="$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1)"
     found="$(find "$artifacts" -type f -newer "$marker" | sort)"
     rm -f "$marker"
-    size="$(ls "$corpus" | wc -l)"
+    # libFuzzer's own corpus count (files in corpus/ also keep inputs it
+    # has since replaced with smaller ones).
+    corp="$(grep -oE 'corp: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)"
+    size="${corp:-?} ($(ls "$corpus" | wc -l) files)"
     if [ "$rc" -ne 0 ] || [ -n "$found" ]; then
         failed=1
         status="CRASH (exit $rc)"
