@@ -12,7 +12,7 @@ use crate::config::{LogConfig, LogFormat};
 /// start several proxies in one process).
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .or_else(|_| cfg.filter())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -23,7 +23,7 @@ pub struct Event<'a> {
     pub text: &'a str,
 }
 
-/// Checks an event body: JSON object, `type` a string, `userId` (when
+/// Checks an event body: JSON object, `type` a non-empty string, `userId` (when
 /// present, and always for the profile event types) a valid id.
 pub fn parse<'a>(body: &'a [u8], ids: &IdRules) -> Result<Event<'a>, ProxyError> {
     let text = std::str::from_utf8(body)
@@ -38,7 +38,10 @@ pub fn parse<'a>(body: &'a [u8], ids: &IdRules) -> Result<Event<'a>, ProxyError>
     let kind = event
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| ProxyError::BadRequest("field `type` (a string) is required".into()))?
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ProxyError::BadRequest("field `type` (a non-empty string) is required".into())
+        })?
         .to_string();
     let user_id = match event.get("userId") {
         None | Some(Value::Null) if NEEDS_USER_ID.contains(&kind.as_str()) => {
@@ -165,6 +168,14 @@ mod tests {
         assert!(refused(r#"{"userId":"a"}"#).contains("`type`"));
         assert!(refused(r#"["profile-updated"]"#).contains("JSON object"));
         assert!(refused("{").contains("not JSON"));
+    }
+
+    /// Found by tests/fuzz (event_body, minimized input `{"type":""}`): an
+    /// empty `type` names no event and was accepted.
+    #[test]
+    fn empty_event_type_is_refused() {
+        assert!(refused(r#"{"type":""}"#).contains("`type`"));
+        assert!(refused(r#"{"type":"","userId":"ab1"}"#).contains("`type`"));
     }
 
     #[test]
