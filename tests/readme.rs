@@ -423,3 +423,32 @@ fn restore_mtime_if_unchanged(saved: &Path, built: &Path) {
         assert!(ok, "touch -r {} {}", saved.display(), built.display());
     }
 }
+
+/// The fuzzing command the README shows. A real run needs the nightly
+/// toolchain, a release build of the whole proxy with cargo-fuzz (about
+/// 10 minutes cold) and minutes per target, so the suite runs the part that
+/// costs nothing: the script refuses bad arguments with its usage line
+/// before it builds anything. The fuzzing itself is recorded in the issue
+/// notes (executions per target).
+#[test]
+fn the_readme_fuzz_script_checks_its_arguments() {
+    let readme = readme();
+    assert!(
+        readme.contains("bash tests/fuzz/run.sh"),
+        "README.md no longer names tests/fuzz/run.sh"
+    );
+    for args in [&["abc"][..], &["1", "no-such-target"][..]] {
+        let out = std::process::Command::new("bash")
+            .arg("tests/fuzz/run.sh")
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("running bash");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("usage") || err.contains("unknown target"),
+            "{args:?}: {err}"
+        );
+    }
+}
