@@ -11,9 +11,16 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber once; later calls are ignored (tests
 /// start several proxies in one process).
 pub fn init(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| cfg.filter())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG is read here rather than by `try_from_default_env`, whose
+    // parser panics on a space before a multi-byte directive (found by
+    // tests/fuzz); `parse_filter` trims directives first.
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .map(|v| crate::config::parse_filter(&v));
+    let filter = match from_env {
+        Some(Ok(f)) => f,
+        _ => cfg.filter().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -38,8 +38,7 @@ impl LogConfig {
     /// text at the trimmed offsets, which panics on leading whitespace
     /// before a multi-byte character (`" \u{e9}=info"`; found by tests/fuzz).
     pub fn filter(&self) -> Result<EnvFilter, ParseError> {
-        let directives: Vec<&str> = self.level.split(',').map(str::trim).collect();
-        EnvFilter::try_new(directives.join(","))
+        parse_filter(&self.level)
     }
 
     /// Problems under `log.*`.
@@ -53,6 +52,13 @@ impl LogConfig {
         }
         out
     }
+}
+
+/// A tracing filter with each comma-separated directive trimmed first (see
+/// `LogConfig::filter`); `RUST_LOG` goes through it too.
+pub fn parse_filter(text: &str) -> Result<EnvFilter, ParseError> {
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    EnvFilter::try_new(directives.join(","))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ mod upstreams;
 pub use admin::AdminConfig;
 pub use coalescing::CoalescingConfig;
 pub use fail_safe::FailSafeConfig;
-pub use log::{LogConfig, LogFormat};
+pub use log::{parse_filter, LogConfig, LogFormat};
 pub use plugins::{EnrichRoute, InvalidationConfig, OnError, PluginConfig};
 pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};

@@ -113,6 +113,10 @@ fn percent_decode(raw: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = raw.get(i + 1..i + 3)?;
+            // `from_str_radix` alone would take a sign ("%+5").
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -201,7 +205,7 @@ mod tests {
         assert_eq!(any.check_path("id", "a%20b").as_deref(), Ok("a b"));
         assert_eq!(any.check_path("id", "abc").as_deref(), Ok("abc"));
         for bad in [
-            "%2e%2e", "%2E", "..", "a%2fb", "a%5cb", "%00", "%zz", "%e2%82", "a%",
+            "%2e%2e", "%2E", "..", "a%2fb", "a%5cb", "%00", "%zz", "%e2%82", "a%", "a%+5",
         ] {
             assert!(any.check_path("id", bad).is_err(), "{bad} must be refused");
         }
