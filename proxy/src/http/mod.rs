@@ -8,6 +8,7 @@ pub mod conn_watch;
 pub mod error;
 pub mod headers;
 pub mod server;
+pub mod stall;
 pub mod tls;
 pub mod upload;
 pub mod upstream;

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
 
 use crate::http::body::{Body, BoxError};
+use crate::http::stall::StallTimer;
 
 /// How the body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +43,7 @@ pub fn watch(body: Body, idle: Duration) -> (Body, Uploaded) {
     }
     let watched = Watched {
         inner: body,
-        idle,
-        timer: None,
+        stall: StallTimer::new(idle),
         done: Some(tx),
     };
     (watched.boxed_unsync(), Uploaded(rx))
@@ -52,9 +51,8 @@ pub fn watch(body: Body, idle: Duration) -> (Body, Uploaded) {
 
 struct Watched {
     inner: Body,
-    idle: Duration,
-    /// Armed while the body has nothing to give; reset by every frame.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Runs while the body has nothing to give; reset by every frame.
+    stall: StallTimer,
     done: Option<oneshot::Sender<UploadEnd>>,
 }
 
@@ -76,7 +74,7 @@ impl HttpBody for Watched {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.timer = None;
+                self.stall.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -88,12 +86,9 @@ impl HttpBody for Watched {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                let idle = self.idle;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if self.stall.stalled_too_long(cx) {
                     self.finish(UploadEnd::Stalled);
+                    let idle = self.stall.limit();
                     return Poll::Ready(Some(Err(Box::new(UploadStalled(idle)))));
                 }
                 Poll::Pending

@@ -4,7 +4,6 @@
 //! A write that makes no progress for `server.write_timeout` fails with
 //! `TimedOut`, which ends the connection.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+
+use crate::http::stall::StallTimer;
 
 pub struct WriteTimeout<I> {
     inner: I,
-    limit: Duration,
-    /// Armed while a write is blocked; reset by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Runs while a write is blocked; reset by any progress.
+    stall: StallTimer,
     /// Set when the limit tripped, for the caller's count.
     tripped: Arc<AtomicBool>,
 }
@@ -28,8 +27,7 @@ impl<I> WriteTimeout<I> {
     pub fn new(inner: I, limit: Duration, tripped: Arc<AtomicBool>) -> WriteTimeout<I> {
         WriteTimeout {
             inner,
-            limit,
-            stalled: None,
+            stall: StallTimer::new(limit),
             tripped,
         }
     }
@@ -42,15 +40,11 @@ impl<I> WriteTimeout<I> {
     fn check<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(r) => {
-                self.stalled = None;
+                self.stall.progressed();
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let limit = self.limit;
-                let timer = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if self.stall.stalled_too_long(cx) {
                     self.tripped.store(true, Ordering::Relaxed);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
