@@ -110,6 +110,14 @@ impl<T: Clone> Flights<T> {
         }
     }
 
+    /// Detaches every flight (memory was cleared: loads in flight are all
+    /// superseded).
+    pub fn detach_all(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }

@@ -6,6 +6,7 @@
 //! `config/profile-edge.toml` documents every key.
 
 mod admin;
+mod backplane;
 mod coalescing;
 mod fail_safe;
 mod log;
@@ -16,6 +17,7 @@ mod tiers;
 mod upstreams;
 
 pub use admin::AdminConfig;
+pub use backplane::{BackplaneConfig, BackplaneSettings};
 pub use coalescing::CoalescingConfig;
 pub use fail_safe::FailSafeConfig;
 pub use log::{parse_filter, LogConfig, LogFormat};
@@ -45,6 +47,7 @@ pub struct Config {
     pub plugins: BTreeMap<String, PluginConfig>,
     pub enrich: Vec<EnrichRoute>,
     pub invalidation: Option<InvalidationConfig>,
+    pub backplane: Option<BackplaneConfig>,
     pub log: LogConfig,
 }
 
@@ -144,6 +147,9 @@ impl Config {
         out.extend(plugins::validate_enrich(self));
         if let Some(inv) = &self.invalidation {
             out.extend(inv.validate(self));
+        }
+        if let Some(b) = &self.backplane {
+            out.extend(b.validate(self));
         }
         out.extend(self.log.validate());
         out

@@ -22,6 +22,11 @@ pub struct ProfilesConfig {
     pub user_path: String,
     /// The batch route, here and on the Officer.
     pub batch_path: String,
+    /// A top-level profile field that orders the origin's values (a number
+    /// such as `version`, or an RFC 3339 time such as `updatedAt`); when
+    /// set, no tier replaces a value with one of lower order. Off when
+    /// absent.
+    pub version_field: Option<String>,
 }
 
 impl Default for ProfilesConfig {
@@ -33,6 +38,7 @@ impl Default for ProfilesConfig {
             max_negative_entries: 10_000,
             user_path: "/api/users/{id}".into(),
             batch_path: "/api/users/batch".into(),
+            version_field: None,
         }
     }
 }
@@ -69,6 +75,14 @@ impl ProfilesConfig {
                     self.user_path
                 ),
             ));
+        }
+        if let Some(f) = &self.version_field {
+            if f.trim().is_empty() || f.trim() != f {
+                out.push(Problem::new(
+                    "profiles.version_field",
+                    format!("{f:?} must be a field name without surrounding spaces (leave the key out to turn it off)"),
+                ));
+            }
         }
         out
     }

@@ -44,6 +44,8 @@ pub struct Chain {
     pub throttle_ms: u64,
     /// Share of an entry's fresh life after which a hit refreshes it.
     pub eager_refresh: f64,
+    /// The profile field that orders the origin's values, if it has one.
+    pub version_field: Option<String>,
     /// Values kept past their TTL for the fail-safe; every tier's entries
     /// are stamped with it, so a change rebuilds them all.
     max_stale: Duration,
@@ -127,6 +129,7 @@ impl Chain {
             negatives,
             throttle_ms: millis(cfg.fail_safe.throttle.get()),
             eager_refresh: mem.eager_refresh,
+            version_field: cfg.profiles.version_field.clone(),
             max_stale,
         })
     }
@@ -153,6 +156,7 @@ impl Chain {
             negatives: self.negatives.clone(),
             throttle_ms: self.throttle_ms,
             eager_refresh: self.eager_refresh,
+            version_field: self.version_field.clone(),
             max_stale: self.max_stale,
         }
     }

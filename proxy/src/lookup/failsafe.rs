@@ -41,6 +41,10 @@ impl Throttle {
     pub fn clear(&self, id: &str) {
         self.until.invalidate(id);
     }
+
+    pub fn clear_all(&self) {
+        self.until.invalidate_all();
+    }
 }
 
 /// The best usable copies seen while resolving ids, kept in case the
@@ -88,6 +92,8 @@ mod tests {
             fetched_at,
             fresh_until,
             stale_until,
+            version: 0,
+            order: 0,
         }
     }
 

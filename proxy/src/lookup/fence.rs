@@ -1,24 +1,24 @@
 //! Invalidation fences: the one place that decides whether a value loaded
 //! for an id may still be published after invalidations raced its load.
 //!
-//! Every id has a version, a counter bumped by each invalidation (local, or
-//! later from the backplane and change streams through `advance_to`). A load
-//! takes a `Ticket` with the version it started under; its value is
-//! published only while that is still the id's version. Counters, not
-//! wall-clock times, so that instances whose clocks disagree cannot defeat
-//! the fence once versions travel between them.
+//! This fence guards this instance's memory. Every id has a local version,
+//! a counter bumped by each invalidation this instance learns of (its own,
+//! or another instance's through the backplane). A load takes a `Ticket`
+//! with the version it started under; its value is published to memory only
+//! while that is still the id's version. Counters, not wall-clock times.
 //!
-//! A load that was superseded may already have written its old value to a
-//! shared tier (it writes those before memory) and removes it again when it
-//! learns it lost. Until it has, a newer load must not trust what the shared
-//! tiers hold for that id: `trusts_shared` says whether any older load is
-//! still alive.
+//! The shared tiers have their own fence, kept inside them (`tier::Tier`):
+//! an invalidation first leaves a versioned tombstone there, then bumps
+//! this fence, then tells the other instances, which bump theirs. So a load
+//! that started before an invalidation, here or anywhere, can write its old
+//! value neither to a shared tier (the tombstone's version refuses it) nor
+//! to memory once the invalidation is known here (this fence refuses it).
 //!
 //! State exists only for ids with loads alive, so the map is bounded by the
 //! loads in flight and needs no expiry: with no ticket out, nobody needs to
 //! know an id's version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 
@@ -27,8 +27,8 @@ const STRIPES: usize = 64;
 #[derive(Default)]
 struct IdState {
     version: u64,
-    /// Live tickets per version they were taken under.
-    live: BTreeMap<u64, u32>,
+    /// Tickets out for this id.
+    live: u32,
 }
 
 type Stripe = HashMap<String, IdState>;
@@ -83,7 +83,7 @@ impl Fence {
     pub fn begin(&self, id: &str) -> Ticket {
         let mut s = self.stripe(id);
         let st = s.entry(id.to_string()).or_default();
-        *st.live.entry(st.version).or_default() += 1;
+        st.live += 1;
         Ticket {
             id: id.to_string(),
             version: st.version,
@@ -96,13 +96,8 @@ impl Fence {
         let Some(st) = s.get_mut(&ticket.id) else {
             return;
         };
-        if let Some(n) = st.live.get_mut(&ticket.version) {
-            *n -= 1;
-            if *n == 0 {
-                st.live.remove(&ticket.version);
-            }
-        }
-        if st.live.is_empty() {
+        st.live = st.live.saturating_sub(1);
+        if st.live == 0 {
             s.remove(&ticket.id);
         }
     }
@@ -110,15 +105,6 @@ impl Fence {
     /// Whether no invalidation of the ticket's id landed since it was taken.
     pub fn admits(&self, ticket: &Ticket) -> bool {
         admitted(&self.stripe(&ticket.id), ticket)
-    }
-
-    /// Whether values the shared tiers hold for the id can be used by this
-    /// load: not when a load that an invalidation superseded is still
-    /// alive, since it may have written its old value there.
-    pub fn trusts_shared(&self, ticket: &Ticket) -> bool {
-        let s = self.stripe(&ticket.id);
-        s.get(&ticket.id)
-            .is_none_or(|st| st.live.range(..ticket.version).next().is_none())
     }
 
     /// Runs `write` if the ticket is still admitted, with the id's stripe
@@ -144,13 +130,19 @@ impl Fence {
         clear();
     }
 
-    /// Raises the id's version to at least `version` (a version learned from
-    /// another instance); lower versions change nothing.
-    pub fn advance_to(&self, id: &str, version: u64, clear: impl FnOnce()) {
-        let mut s = self.stripe(id);
-        if let Some(st) = s.get_mut(id) {
-            if version > st.version {
-                st.version = version;
+    /// Every ticket out, for every id, is superseded (the backplane lost
+    /// track of invalidations). `clear` runs with every stripe held.
+    pub fn invalidate_all(&self, clear: impl FnOnce()) {
+        // Stripes are always taken in index order, and only here more than
+        // one at a time, so this cannot deadlock.
+        let mut held: Vec<MutexGuard<'_, Stripe>> = self
+            .stripes
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        for stripe in &mut held {
+            for st in stripe.values_mut() {
+                st.version += 1;
             }
         }
         clear();
@@ -221,23 +213,6 @@ mod tests {
     }
 
     #[test]
-    fn shared_tiers_are_distrusted_while_a_superseded_load_lives() {
-        let f = Fence::default();
-        let old = f.begin("a");
-        f.invalidate("a", || {});
-        let new = f.begin("a");
-        assert!(
-            !f.trusts_shared(&new),
-            "the old load may have written Redis"
-        );
-        assert!(f.trusts_shared(&old), "nothing older than the old load");
-        f.finish(&old);
-        assert!(f.trusts_shared(&new));
-        f.finish(&new);
-        assert_eq!(f.tracked(), 0, "no state kept once no load is alive");
-    }
-
-    #[test]
     fn invalidating_an_id_nobody_loads_keeps_no_state() {
         let f = Fence::default();
         f.invalidate("a", || {});
@@ -247,16 +222,20 @@ mod tests {
     }
 
     #[test]
-    fn clear_runs_under_the_stripe_and_remote_versions_only_raise() {
+    fn invalidate_all_supersedes_every_ticket_out() {
         let f = Fence::default();
-        let t = f.begin("a");
+        let a = f.begin("a");
+        let b = f.begin("b");
         let mut cleared = false;
-        f.advance_to("a", 5, || cleared = true);
+        f.invalidate_all(|| cleared = true);
         assert!(cleared);
-        assert!(!f.admits(&t));
-        let t5 = f.begin("a");
-        f.advance_to("a", 3, || {});
-        assert!(f.admits(&t5), "an older remote version changes nothing");
+        assert!(!f.admits(&a) && !f.admits(&b));
+        let a2 = f.begin("a");
+        assert!(f.admits(&a2), "loads after it are admitted");
+        f.finish(&a);
+        f.finish(&b);
+        f.finish(&a2);
+        assert_eq!(f.tracked(), 0);
     }
 
     #[test]

@@ -1,29 +1,81 @@
-//! Invalidation of one id in every tier, fenced: loads in flight for it
-//! cannot put the old value back, and requests after this returns start a
-//! new load. Admin purges, events and policy actions all come through here.
+//! Invalidation of ids on this instance. `invalidate` is the local half of
+//! every invalidation (admin purges, events, policy actions come through
+//! `crate::invalidation`, which also tells the other instances); `forget`,
+//! `forget_all` and `warm` are what a message from another instance does
+//! here.
+//!
+//! The order matters: the shared tiers get their tombstones first, then
+//! this instance's fence and memory. A load that starts in between reads a
+//! tombstone, never the old value, and one that read the old value before
+//! the tombstone is superseded by the fence, so memory cannot get it back.
 
+use std::sync::Arc;
+
+use super::profiles::Mode;
 use super::Profiles;
+use crate::tier::Entry;
 
 impl Profiles {
     /// Removes `id` from every tier; `source` is the
-    /// `profile_edge_invalidations_total` label.
-    pub async fn invalidate(&self, id: &str, source: &str) {
+    /// `profile_edge_invalidations_total` label. Answers the id's new
+    /// version in the top shared tier (0 without one, or when it could not
+    /// be reached: the removal is then retried by the tier).
+    pub async fn invalidate(&self, id: &str, source: &str) -> u64 {
         let chain = self.chain.load_full();
-        // The version bump and the memory removal happen under the id's
-        // stripe, so no load can publish between them.
-        self.fence.invalidate(id, || chain.memory.remove(id));
-        self.flights.detach(id);
-        self.throttle.clear(id);
         let ids = [id.to_string()];
+        let mut version = None;
         for tier in chain.lower_tiers() {
-            if let Err(e) = tier.remove(&ids).await {
-                tracing::warn!(tier = tier.kind().as_str(), %id, error = %e,
-                    "invalidation could not reach the tier; it is retried");
+            match tier.remove(&ids).await {
+                Ok(v) => {
+                    version.get_or_insert(v.first().copied().unwrap_or(0));
+                }
+                Err(e) => {
+                    version.get_or_insert(0);
+                    tracing::warn!(tier = tier.kind().as_str(), %id, error = %e,
+                        "invalidation could not reach the tier; it is retried");
+                }
             }
         }
+        self.forget(id);
         self.metrics
             .invalidations
             .with_label_values(&[source])
             .inc();
+        version.unwrap_or(0)
+    }
+
+    /// This instance's half of an invalidation: loads in flight for `id`
+    /// are superseded and memory drops it. Answers what memory held.
+    pub fn forget(&self, id: &str) -> Option<Entry> {
+        let chain = self.chain.load();
+        let mut held = None;
+        // The version bump and the memory removal happen under the id's
+        // stripe, so no load can publish between them.
+        self.fence.invalidate(id, || held = chain.memory.remove(id));
+        self.flights.detach(id);
+        self.throttle.clear(id);
+        held
+    }
+
+    /// Forgets every id: memory is emptied and every load in flight is
+    /// superseded (the backplane cannot tell what this instance missed).
+    pub fn forget_all(&self) {
+        let chain = self.chain.load();
+        self.fence.invalidate_all(|| chain.memory.clear());
+        self.flights.detach_all();
+        self.throttle.clear_all();
+    }
+
+    /// Loads `id` again in the background, once however many ask (another
+    /// instance refreshed it under `version`): a shared-tier value counts
+    /// only if written under that version or later, else the origin is
+    /// asked. Nothing happens if a load of it is already in flight.
+    pub fn warm(self: &Arc<Self>, id: &str, version: u64) {
+        self.load_in_background(id, Mode::Warm(version));
+    }
+
+    /// Entries in memory now (stats, and whether a clear drops anything).
+    pub fn memory_entries(&self) -> u64 {
+        self.chain.load().memory.entry_count()
     }
 }

@@ -4,7 +4,8 @@
 //! `fence` the per-id versions that keep a superseded load from writing
 //! back; `failsafe` stale serving and eager refresh; `invalidate` removal
 //! from every tier; `ids` the one id check every route uses; `status` the
-//! `x-cache` value; `stats` counters and `/admin/stats`.
+//! `x-cache` value; `stats` counters and `/admin/stats`; `order` the
+//! origin's own order of values (`profiles.version_field`).
 
 pub mod chain;
 pub mod failsafe;
@@ -12,6 +13,7 @@ pub mod fence;
 pub mod ids;
 pub mod invalidate;
 pub mod negative;
+pub mod order;
 pub mod profiles;
 pub mod stats;
 pub mod status;

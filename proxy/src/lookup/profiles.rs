@@ -8,17 +8,18 @@
 //! out of the shared tiers again, and its waiters look the id up again.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 
-use super::chain::Chain;
+use super::chain::{Chain, Lower};
 use super::failsafe::{eager_due, Fallbacks, Throttle};
 use super::fence::{Admitted, Fence, TicketGuard};
 use super::ids::{IdError, IdRules};
+use super::order::origin_order;
 use super::stats::Counters;
 use super::status::CacheStatus;
 use crate::coalesce::{self, FlightEnd, FlightTx, Flights};
@@ -28,7 +29,7 @@ use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::origin::{LoadError, Origin, OriginSource, OriginTarget};
 use crate::reload::ConfigDiff;
-use crate::tier::{millis, now_ms, Entry, Tier, TierKind};
+use crate::tier::{millis, now_ms, Entry, TierKind, Written};
 
 /// How many times a lookup starts over after its load was superseded by an
 /// invalidation before it gives up.
@@ -60,13 +61,28 @@ impl Loaded {
 
 pub type Outcome = Result<Loaded, LoadError>;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// A miss: any usable tier value will do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A miss: any fresh shared-tier value will do.
     Miss,
     /// Eager refresh: shared-tier values only count if they stay fresh for
     /// a whole memory TTL; otherwise the origin is asked.
     Refresh,
+    /// Another instance refreshed the id under this version: a shared-tier
+    /// value counts only if it was written under it or later (with 0, none
+    /// does, and the origin is asked).
+    Warm(u64),
+}
+
+impl Mode {
+    /// Whether a shared tier's entry answers this load.
+    fn accepts(self, e: &Entry, now: u64, memory_ttl_ms: u64) -> bool {
+        match self {
+            Mode::Miss => e.fresh_until > now,
+            Mode::Refresh => e.fresh_until > now.saturating_add(memory_ttl_ms),
+            Mode::Warm(v) => v > 0 && e.version >= v && e.fresh_until > now,
+        }
+    }
 }
 
 pub struct Profiles {
@@ -212,10 +228,15 @@ impl Profiles {
     }
 
     fn refresh_in_background(self: &Arc<Self>, id: &str) {
+        self.load_in_background(id, Mode::Refresh);
+    }
+
+    /// Starts a load of `id` nobody waits on, unless one is in flight.
+    pub(super) fn load_in_background(self: &Arc<Self>, id: &str, mode: Mode) {
         let joined = self.flights.join(&[id.to_string()]);
         if !joined.owned.is_empty() {
             self.tasks
-                .spawn_load(self.clone().run_flights(joined.owned, Mode::Refresh));
+                .spawn_load(self.clone().run_flights(joined.owned, mode));
         }
     }
 
@@ -274,17 +295,14 @@ impl Profiles {
     /// The read-through chain for ids nobody else is loading.
     async fn resolve(&self, ids: &[String], mode: Mode) -> HashMap<String, FlightEnd<Outcome>> {
         let chain = self.chain.load_full();
-        // Tickets first: an invalidation from here on supersedes this load.
-        // They go back when this function returns, after the clean-up below.
+        // Tickets first: an invalidation known here from now on supersedes
+        // this load. They go back when this function returns.
         let tickets: HashMap<&str, TicketGuard<'_>> = ids
             .iter()
             .map(|id| (id.as_str(), TicketGuard::new(&self.fence, id)))
             .collect();
         let now = now_ms();
-        let min_fresh = match mode {
-            Mode::Miss => 0,
-            Mode::Refresh => millis(chain.memory.ttl()),
-        };
+        let memory_ttl = millis(chain.memory.ttl());
         let mut out = HashMap::with_capacity(ids.len());
         let mut fallback = Fallbacks::default();
         for id in ids {
@@ -294,21 +312,17 @@ impl Profiles {
                 }
             }
         }
-        let mut superseded: Vec<String> = Vec::new();
-
-        // Ids a superseded load may have left an old value for in a shared
-        // tier go straight to the origin.
-        let (mut pending, distrusted): (Vec<String>, Vec<String>) = ids
-            .iter()
-            .cloned()
-            .partition(|id| self.fence.trusts_shared(&tickets[id.as_str()].ticket));
+        // Per shared tier, the version each id had there as this load
+        // read it: the condition of every write to that tier.
+        let mut versions: Versions = vec![HashMap::new(); chain.lower.len()];
+        let mut pending: Vec<String> = ids.to_vec();
         for (depth, l) in chain.lower.iter().enumerate() {
             if pending.is_empty() {
                 break;
             }
             let kind = l.tier.kind();
-            let entries = match l.tier.get_many(&pending).await {
-                Ok(e) => e,
+            let stored = match l.tier.get_many(&pending).await {
+                Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(tier = kind.as_str(), error = %e, "tier skipped");
                     continue;
@@ -316,9 +330,10 @@ impl Profiles {
             };
             let mut hits = Vec::new();
             let mut still = Vec::new();
-            for (id, entry) in pending.into_iter().zip(entries) {
-                match entry {
-                    Some(e) if e.fresh_until > now.saturating_add(min_fresh) => {
+            for (id, s) in pending.into_iter().zip(stored) {
+                versions[depth].insert(id.clone(), s.version);
+                match s.entry {
+                    Some(e) if mode.accepts(&e, now, memory_ttl) => {
                         self.counters.record(kind, true);
                         hits.push((id, e));
                     }
@@ -338,16 +353,12 @@ impl Profiles {
                 continue;
             }
             // Fill the shared tiers above this one, then memory.
-            put_all(chain.lower[..depth].iter().map(|l| &l.tier), &hits).await;
+            let refused = write_shared(&chain.lower[..depth], &versions, &hits).await;
             for (id, e) in hits {
-                let end = self.publish(&chain, &tickets[id.as_str()], e, kind);
-                if matches!(end, FlightEnd::Superseded) {
-                    superseded.push(id.clone());
-                }
+                let end = self.settle(&chain, &tickets[id.as_str()], &versions, e, kind, &refused);
                 out.insert(id, end);
             }
         }
-        pending.extend(distrusted);
 
         if !pending.is_empty() {
             let loads = join_all(pending.iter().map(|id| chain.batcher.load(id))).await;
@@ -361,7 +372,16 @@ impl Profiles {
                         } else {
                             chain.negative_ttl
                         };
-                        fresh.push((id, Entry::from_origin(body, started, fresh_for)));
+                        let order = chain
+                            .version_field
+                            .as_deref()
+                            .zip(body.as_deref())
+                            .map_or(0, |(field, body)| origin_order(body, field));
+                        let entry = Entry {
+                            order,
+                            ..Entry::from_origin(body, started, fresh_for)
+                        };
+                        fresh.push((id, entry));
                     }
                     Err(e) => {
                         let end = match fallback.take(&id) {
@@ -375,38 +395,60 @@ impl Profiles {
                 }
             }
             if !fresh.is_empty() {
-                // Shared tiers first, memory last under the fence: a fenced
-                // value is then taken out of the shared tiers again. "Not
+                // Shared tiers first, each write conditional on the version
+                // this load read there; memory last, under the fence. "Not
                 // found" answers past the cap stay in memory only.
                 let shared: Vec<(String, Entry)> = fresh
                     .iter()
                     .filter(|(_, e)| e.body.is_some() || chain.negatives.admit(now))
                     .cloned()
                     .collect();
-                put_all(chain.lower_tiers(), &shared).await;
+                let refused = write_shared(&chain.lower, &versions, &shared).await;
                 for (id, e) in fresh {
-                    let end = self.publish(&chain, &tickets[id.as_str()], e, TierKind::Origin);
-                    if matches!(end, FlightEnd::Superseded) {
-                        superseded.push(id.clone());
-                    }
+                    let end = self.settle(
+                        &chain,
+                        &tickets[id.as_str()],
+                        &versions,
+                        e,
+                        TierKind::Origin,
+                        &refused,
+                    );
                     out.insert(id, end);
-                }
-            }
-        }
-
-        if !superseded.is_empty() {
-            tracing::debug!(
-                count = superseded.len(),
-                "loads superseded by invalidations"
-            );
-            for tier in chain.lower_tiers() {
-                if let Err(e) = tier.remove(&superseded).await {
-                    tracing::warn!(tier = tier.kind().as_str(), error = %e, "could not remove a superseded value");
                 }
             }
         }
         drop(tickets);
         out
+    }
+
+    /// How a loaded value ends its flight: superseded when a shared tier
+    /// refused it for its version (an invalidation landed while it
+    /// loaded); served but not kept when a tier holds a newer origin value;
+    /// else published to memory under the fence.
+    fn settle(
+        &self,
+        chain: &Chain,
+        ticket: &TicketGuard<'_>,
+        versions: &Versions,
+        mut entry: Entry,
+        tier: TierKind,
+        refused: &Refused,
+    ) -> FlightEnd<Outcome> {
+        let id = ticket.ticket.id();
+        if refused.superseded.contains(id) {
+            return FlightEnd::Superseded;
+        }
+        if let Some(v) = versions.first().and_then(|m| m.get(id)) {
+            entry.version = *v;
+        }
+        if refused.older.contains(id) {
+            return FlightEnd::Done(Ok(Loaded {
+                entry,
+                tier,
+                stale: false,
+            }));
+        }
+        self.publish(chain, ticket, entry, tier)
     }
 
     /// Origin failed for `id`: serve what we have. A value still fresh (an
@@ -458,7 +500,9 @@ impl Profiles {
             .publish(&ticket.ticket, || chain.memory.put(id, &entry))
         {
             Admitted::Superseded => FlightEnd::Superseded,
-            Admitted::Yes(()) => {
+            // Kept or not (memory may hold a newer origin value), the load
+            // answers its waiters with what it got.
+            Admitted::Yes(_) => {
                 self.throttle.clear(id);
                 FlightEnd::Done(Ok(Loaded {
                     entry,
@@ -489,19 +533,66 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-async fn put_all<'a>(tiers: impl Iterator<Item = &'a Arc<dyn Tier>>, entries: &[(String, Entry)]) {
-    let tiers: Vec<&Arc<dyn Tier>> = tiers.collect();
-    if tiers.is_empty() || entries.is_empty() {
-        return;
+/// Per shared tier (chain order), the version each id had there when this
+/// load read it.
+type Versions = Vec<HashMap<String, u64>>;
+
+/// Ids a shared tier refused to take from this load.
+#[derive(Default)]
+struct Refused {
+    /// The id's version there moved on: the value is old.
+    superseded: HashSet<String>,
+    /// The tier holds a value of a higher origin order.
+    older: HashSet<String>,
+}
+
+/// Writes entries to `tiers` (the first `tiers.len()` of the chain), each
+/// under the version this load read in that tier; an id whose version is
+/// not known there (the tier did not answer the read) is not written to it.
+async fn write_shared(tiers: &[Lower], versions: &Versions, entries: &[(String, Entry)]) -> Refused {
+    let mut refused = Refused::default();
+    if entries.is_empty() {
+        return refused;
     }
-    for (tier, r) in tiers
+    let batches: Vec<Vec<(String, Entry)>> = tiers
         .iter()
-        .zip(join_all(tiers.iter().map(|t| t.put_many(entries))).await)
-    {
-        if let Err(e) = r {
-            tracing::debug!(tier = tier.kind().as_str(), error = %e, "tier write skipped");
+        .zip(versions)
+        .map(|(_, known)| {
+            entries
+                .iter()
+                .filter_map(|(id, e)| {
+                    let version = *known.get(id)?;
+                    Some((id.clone(), Entry { version, ..e.clone() }))
+                })
+                .collect()
+        })
+        .collect();
+    let writes = tiers
+        .iter()
+        .zip(&batches)
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(l, b)| async move { (l, b, l.tier.put_many(b).await) });
+    for (l, batch, r) in join_all(writes).await {
+        match r {
+            Ok(answers) => {
+                for ((id, _), w) in batch.iter().zip(answers) {
+                    match w {
+                        Written::Superseded => {
+                            refused.superseded.insert(id.clone());
+                        }
+                        Written::Older => {
+                            refused.older.insert(id.clone());
+                        }
+                        Written::Yes | Written::Skipped => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(tier = l.tier.kind().as_str(), error = %e, "tier write skipped");
+            }
         }
     }
+    refused
 }
 
 fn target(cfg: &Config, upstream: Arc<Upstream>) -> OriginTarget {

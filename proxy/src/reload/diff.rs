@@ -5,7 +5,7 @@
 //! It works at section granularity, with the keys of the config file:
 //! `server`, `admin`, `upstreams` and `upstreams.NAME`, `profiles`,
 //! `coalescing`, `tiers`, `tiers.memory` and `tiers.redis`, `fail_safe`,
-//! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `log`. A section
+//! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`, `log`. A section
 //! that was added or removed counts as changed. It compares config values
 //! only: a certificate or plugin file whose content changed under the same
 //! path is not in it (certificates are re-read on every reload, plugin
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Config;
 
 /// The sections without a NAME part, in file order.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "admin",
     "upstreams",
@@ -29,6 +29,7 @@ const SECTIONS: [&str; 13] = [
     "plugins",
     "enrich",
     "invalidation",
+    "backplane",
     "log",
 ];
 
@@ -64,6 +65,7 @@ impl ConfigDiff {
             ("plugins", !diff.plugins.is_empty()),
             ("enrich", old.enrich != new.enrich),
             ("invalidation", old.invalidation != new.invalidation),
+            ("backplane", old.backplane != new.backplane),
             ("log", old.log != new.log),
         ];
         for (key, changed) in sections {

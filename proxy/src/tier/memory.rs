@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use rand::Rng;
 
-use super::{now_ms, Entry, Tier, TierError, TierKind};
+use super::{now_ms, Entry};
 
 pub struct MemoryTier {
     cache: Cache<String, Entry>,
@@ -59,13 +59,19 @@ impl MemoryTier {
     }
 
     /// Stores an entry from another tier or the origin, restamped with this
-    /// tier's jittered TTL.
-    pub fn put(&self, id: &str, entry: &Entry) {
+    /// tier's jittered TTL, unless memory holds a value of a higher origin
+    /// order (false then). Callers hold the id's fence stripe, so the check
+    /// and the insert are not raced by another write of the same id.
+    pub fn put(&self, id: &str, entry: &Entry) -> bool {
+        if entry.order != 0 && self.cache.get(id).is_some_and(|held| held.order > entry.order) {
+            return false;
+        }
         let now = now_ms();
         self.cache.insert(
             id.to_string(),
             entry.restamped(now, self.jittered_ttl(), self.max_stale),
         );
+        true
     }
 
     /// Stores an entry with its timestamps as they are (fail-safe throttle).
@@ -73,8 +79,14 @@ impl MemoryTier {
         self.cache.insert(id.to_string(), entry);
     }
 
-    pub fn remove(&self, id: &str) {
-        self.cache.invalidate(id);
+    /// Removes `id`; answers what was held.
+    pub fn remove(&self, id: &str) -> Option<Entry> {
+        self.cache.remove(id)
+    }
+
+    /// Drops every entry (the backplane lost track of invalidations).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
     }
 
     pub fn ttl(&self) -> Duration {
@@ -93,31 +105,6 @@ impl MemoryTier {
         // Up to `jitter` shorter, never longer than configured.
         let cut = rand::rng().random_range(0.0..self.jitter);
         self.ttl.mul_f64(1.0 - cut)
-    }
-}
-
-#[async_trait::async_trait]
-impl Tier for MemoryTier {
-    fn kind(&self) -> TierKind {
-        TierKind::Memory
-    }
-
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError> {
-        Ok(ids.iter().map(|id| self.get(id)).collect())
-    }
-
-    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<(), TierError> {
-        for (id, e) in entries {
-            self.put(id, e);
-        }
-        Ok(())
-    }
-
-    async fn remove(&self, ids: &[String]) -> Result<(), TierError> {
-        for id in ids {
-            MemoryTier::remove(self, id);
-        }
-        Ok(())
     }
 }
 
@@ -144,6 +131,22 @@ mod tests {
             seen.insert(e.fresh_until / 1000);
         }
         assert!(seen.len() > 5, "expiries are not spread: {seen:?}");
+    }
+
+    #[test]
+    fn a_lower_origin_order_never_replaces_a_higher_one() {
+        let m = MemoryTier::new(100, Duration::from_secs(100), 0.0, Duration::ZERO);
+        let at = |order, body: &'static [u8]| Entry {
+            order,
+            ..Entry::from_origin(Some(Bytes::from_static(body)), now_ms(), Duration::from_secs(60))
+        };
+        assert!(m.put("a", &at(5, b"v5")));
+        assert!(!m.put("a", &at(4, b"v4")), "older value refused");
+        assert!(m.put("a", &at(5, b"v5 again")), "the same order may rewrite");
+        assert!(m.put("a", &at(0, b"unordered")), "no order: written as before");
+        assert_eq!(m.get("a").and_then(|e| e.body).as_deref(), Some(&b"unordered"[..]));
+        assert!(m.remove("a").is_some());
+        assert!(m.put("a", &at(1, b"v1")), "after removal anything goes");
     }
 
     #[test]

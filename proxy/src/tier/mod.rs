@@ -46,6 +46,37 @@ pub struct Entry {
     pub fresh_until: u64,
     /// Kept until then, for the fail-safe.
     pub stale_until: u64,
+    /// The id's fleet version this value was loaded under (the top shared
+    /// tier's, 0 without one): shared tiers take the write only while the id
+    /// still has that version there, and a `refresh` message names the
+    /// version a re-read value must have (see `lookup::fence`).
+    pub version: u64,
+    /// The origin's own order for this value (`profiles.version_field`),
+    /// 0 when unknown: no tier replaces a value with one of lower order.
+    pub order: u64,
+}
+
+/// What a shared tier holds for one id: a usable entry or none, and the
+/// id's version there (0 when it was never invalidated, or the mark
+/// expired).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub entry: Option<Entry>,
+    pub version: u64,
+}
+
+/// What became of one conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// The id's version moved on since the load read it: an invalidation
+    /// landed while it loaded, so its value is old.
+    Superseded,
+    /// The tier holds a value of a higher origin order.
+    Older,
+    /// Not written, with no verdict on the value (the id's removal is still
+    /// waiting to reach the tier).
+    Skipped,
 }
 
 impl Entry {
@@ -57,6 +88,8 @@ impl Entry {
             fetched_at: now,
             fresh_until,
             stale_until: fresh_until,
+            version: 0,
+            order: 0,
         }
     }
 
@@ -84,6 +117,8 @@ impl Entry {
             fetched_at: self.fetched_at,
             fresh_until,
             stale_until: fresh_until.saturating_add(stale_for),
+            version: self.version,
+            order: self.order,
         }
     }
 }
@@ -101,10 +136,17 @@ pub enum TierError {
     Failed { tier: &'static str, detail: String },
 }
 
-/// A cache tier. Calls are batch-first: one round trip for many ids.
-/// Implementations bound their own latency (timeouts, circuit breakers) so
-/// that a sick tier costs a request milliseconds, and treat undecodable
-/// values as absent.
+/// A shared cache tier below memory. Calls are batch-first: one round trip
+/// for many ids. Implementations bound their own latency (timeouts, circuit
+/// breakers) so that a sick tier costs a request milliseconds, and treat
+/// undecodable values as absent.
+///
+/// Writes are conditional, which is what keeps an old value out of a tier
+/// shared by many instances: an entry is written only while the id's
+/// version in the tier is still `entry.version` (the one `get_many`
+/// reported when its load began) and the tier holds no value of a higher
+/// origin order. `remove` leaves a mark with the next version, so every
+/// load that started before it fails that test, on any instance.
 #[async_trait::async_trait]
 pub trait Tier: Send + Sync {
     fn kind(&self) -> TierKind;
@@ -115,14 +157,17 @@ pub trait Tier: Send + Sync {
         serde_json::Map::new()
     }
 
-    /// Usable (fresh or stale) entries for `ids`, in the same order.
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError>;
+    /// Usable (fresh or stale) entries for `ids` and their versions, in the
+    /// same order.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError>;
 
-    /// Stores entries, restamped with this tier's TTL.
-    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<(), TierError>;
+    /// Stores entries, restamped with this tier's TTL, each only under the
+    /// conditions above; answers per entry, in order.
+    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<Vec<Written>, TierError>;
 
-    /// Removes ids (invalidation).
-    async fn remove(&self, ids: &[String]) -> Result<(), TierError>;
+    /// Removes ids (invalidation), leaving each a mark with its next
+    /// version; answers those versions, in order.
+    async fn remove(&self, ids: &[String]) -> Result<Vec<u64>, TierError>;
 }
 
 pub fn now_ms() -> u64 {

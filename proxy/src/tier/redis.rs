@@ -1,19 +1,28 @@
 //! The Redis tier, shared by every proxy instance: MGET for batch reads,
-//! pipelined `SET .. PX` for batch writes, keys made only as prefix + id.
+//! keys made only as prefix + id. Writes and removals are one Lua script
+//! call per batch, so that they are conditional inside Redis (`Tier`'s
+//! contract): a write lands only while the id's version is still the one
+//! its load read, and a removal replaces the value with a tombstone that
+//! carries the next version. That is the fence across instances: a load
+//! that started before an invalidation, on any instance, cannot put its old
+//! value back, and no host clock is involved.
+//!
 //! Every call is bounded by a short timeout and a circuit breaker, so a slow
 //! or dead Redis costs a request a few milliseconds at most. Removals that
 //! fail (Redis down during an invalidation) are remembered and retried, and
-//! those ids read as misses meanwhile, so a stale profile cannot come back
-//! from Redis when it does.
+//! those ids read as misses and are not written meanwhile, so a stale
+//! profile cannot come back from Redis when it does.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 
 use super::breaker::Breaker;
-use super::{codec, now_ms, Entry, Tier, TierError, TierKind};
+use super::codec::{self, Record};
+use super::{now_ms, Entry, Stored, Tier, TierError, TierKind, Written};
 use crate::config::{Config, Problem, RedisTierConfig};
 use crate::lifecycle::{Drain, Tasks};
 
@@ -22,6 +31,50 @@ use crate::lifecycle::{Drain, Tasks};
 const MAX_PENDING_REMOVES: usize = 100_000;
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
+/// Conditional batch write. KEYS: the ids' keys; ARGV, four per key: the
+/// encoded entry, its PX, its version and its origin order (16 hex digits
+/// each, compared as strings). Answers per key 0 written, 1 superseded
+/// (the version there moved on), 2 older (a higher origin order is there).
+/// Anything there that is not a PE2 record counts as version 0, order 0.
+const PUT_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local b = (i - 1) * 4
+  local old = redis.call('GET', key)
+  local version, order = '0000000000000000', '0000000000000000'
+  if old and string.sub(old, 1, 3) == 'PE2' and string.len(old) >= 60 then
+    version = string.sub(old, 29, 44)
+    order = string.sub(old, 45, 60)
+  end
+  if version ~= ARGV[b + 3] then
+    out[i] = 1
+  elseif order > ARGV[b + 4] then
+    out[i] = 2
+  else
+    redis.call('SET', key, ARGV[b + 1], 'PX', ARGV[b + 2])
+    out[i] = 0
+  end
+end
+return out
+";
+
+/// Batch removal. KEYS: the ids' keys; ARGV[1] the tombstone's first bytes
+/// (`codec::tombstone_head`), ARGV[2] its PX. Each key gets a tombstone with
+/// the version after the one it had; answers those versions.
+const REMOVE_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local old = redis.call('GET', key)
+  local v = 0
+  if old and string.sub(old, 1, 3) == 'PE2' and string.len(old) >= 60 then
+    v = tonumber(string.sub(old, 29, 44), 16) or 0
+  end
+  v = v + 1
+  redis.call('SET', key, ARGV[1] .. string.format('%016x', v) .. '0000000000000000', 'PX', ARGV[2])
+  out[i] = v
+end
+return out
+";
 pub struct RedisTier {
     conn: ConnectionManager,
     prefix: String,
@@ -30,6 +83,8 @@ pub struct RedisTier {
     timeout: Duration,
     breaker: Breaker,
     pending_removes: Mutex<HashSet<String>>,
+    put_script: Script,
+    remove_script: Script,
 }
 
 impl RedisTier {
@@ -58,6 +113,8 @@ impl RedisTier {
             timeout: cfg.timeout.get(),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.get()),
             pending_removes: Mutex::new(HashSet::new()),
+            put_script: Script::new(PUT_SCRIPT),
+            remove_script: Script::new(REMOVE_SCRIPT),
         });
         let weak = Arc::downgrade(&tier);
         tasks.spawn("redis-remove-retry", move |drain| {
@@ -105,18 +162,19 @@ impl RedisTier {
         }
     }
 
-    /// `DEL` of the ids' keys, under the breaker and the timeout.
-    async fn delete(&self, ids: &[String]) -> Result<(), TierError> {
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+    /// Tombstones for the ids, under the breaker and the timeout; answers
+    /// their new versions. A tombstone lives as long as a value could (TTL
+    /// plus the fail-safe window), far longer than any load.
+    async fn delete(&self, ids: &[String]) -> Result<Vec<u64>, TierError> {
+        let mut call = self.remove_script.prepare_invoke();
+        for id in ids {
+            call.key(self.key(id));
+        }
+        call.arg(codec::tombstone_head())
+            .arg(super::millis(self.ttl + self.max_stale).max(1));
         let mut conn = self.conn.clone();
-        self.call(async move {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|_| ())
+        self.call(async move { call.invoke_async::<Vec<u64>>(&mut conn).await })
+            .await
     }
 
     fn remember_removes(&self, ids: &[String]) {
@@ -190,7 +248,7 @@ impl Tier for RedisTier {
         m
     }
 
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, TierError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -205,40 +263,68 @@ impl Tier for RedisTier {
             .iter()
             .zip(values)
             .map(|(id, v)| {
+                let (entry, version) = match v.as_deref().and_then(codec::decode) {
+                    Some(Record::Value(e)) => {
+                        let version = e.version;
+                        (Some(e).filter(|e| e.is_usable(now)), version)
+                    }
+                    Some(Record::Tombstone { version }) => (None, version),
+                    None => (None, 0),
+                };
                 if pending.as_ref().is_some_and(|p| p.contains(id)) {
-                    return None;
+                    // Its tombstone is still to be written: nothing here
+                    // counts, and writes are refused (see put_many).
+                    return Stored {
+                        entry: None,
+                        version,
+                    };
                 }
-                v.as_deref()
-                    .and_then(codec::decode)
-                    .filter(|e| e.is_usable(now))
+                Stored { entry, version }
             })
             .collect())
     }
 
-    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<(), TierError> {
-        if entries.is_empty() {
-            return Ok(());
+    async fn put_many(&self, entries: &[(String, Entry)]) -> Result<Vec<Written>, TierError> {
+        let mut out = vec![Written::Skipped; entries.len()];
+        // Ids whose tombstone is still to be written are not written.
+        let send: Vec<usize> = {
+            let pending = self.pending_removes.lock().ok().filter(|p| !p.is_empty());
+            (0..entries.len())
+                .filter(|&i| !pending.as_ref().is_some_and(|p| p.contains(&entries[i].0)))
+                .collect()
+        };
+        if send.is_empty() {
+            return Ok(out);
         }
         let now = now_ms();
-        let mut pipe = redis::pipe();
-        for (id, e) in entries {
+        let mut call = self.put_script.prepare_invoke();
+        for &i in &send {
+            let (id, e) = &entries[i];
             let e = e.restamped(now, self.ttl, self.max_stale);
             let px = e.stale_until.saturating_sub(now).max(1);
-            pipe.cmd("SET")
-                .arg(self.key(id))
+            call.key(self.key(id))
                 .arg(codec::encode(&e))
-                .arg("PX")
                 .arg(px)
-                .ignore();
+                .arg(codec::hex16(e.version))
+                .arg(codec::hex16(e.order));
         }
         let mut conn = self.conn.clone();
-        self.call(async move { pipe.query_async::<()>(&mut conn).await })
-            .await
+        let answers: Vec<u8> = self
+            .call(async move { call.invoke_async(&mut conn).await })
+            .await?;
+        for (&i, a) in send.iter().zip(answers) {
+            out[i] = match a {
+                0 => Written::Yes,
+                2 => Written::Older,
+                _ => Written::Superseded,
+            };
+        }
+        Ok(out)
     }
 
-    async fn remove(&self, ids: &[String]) -> Result<(), TierError> {
+    async fn remove(&self, ids: &[String]) -> Result<Vec<u64>, TierError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let result = self.delete(ids).await;
         if result.is_err() {
