@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod backplane;
 pub mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod invalidation;
 pub mod lifecycle;
 pub mod logging;
 pub mod lookup;

@@ -34,15 +34,17 @@ impl Drain {
     }
 }
 
-/// The registry of named background tasks.
+/// The registry of named background tasks. A `scope` shares the registry
+/// and sees the drain signal too, and can also be stopped on its own (a
+/// component that a reload replaces).
 #[derive(Clone, Default)]
 pub struct Tasks {
     inner: Arc<Inner>,
+    token: CancellationToken,
 }
 
 #[derive(Default)]
 struct Inner {
-    token: CancellationToken,
     tracker: TaskTracker,
     next: AtomicU64,
     /// Named tasks still running, for logs and the abort at the end.
@@ -55,7 +57,21 @@ impl Tasks {
     }
 
     pub fn drain(&self) -> Drain {
-        Drain(self.inner.token.clone())
+        Drain(self.token.clone())
+    }
+
+    /// Tasks spawned through the returned handle stop on the drain or when
+    /// `stop` is called on it, whichever comes first.
+    pub fn scope(&self) -> Tasks {
+        Tasks {
+            inner: self.inner.clone(),
+            token: self.token.child_token(),
+        }
+    }
+
+    /// Raises this scope's stop signal (the whole registry's, on the root).
+    pub fn stop(&self) {
+        self.token.cancel();
     }
 
     /// Spawns a named background loop. It gets the drain signal and should
@@ -105,7 +121,7 @@ impl Tasks {
     /// Raises the drain signal, waits up to `grace` for every task, then
     /// aborts the rest and waits for them to go.
     pub async fn shutdown(&self, grace: Duration) {
-        self.inner.token.cancel();
+        self.token.cancel();
         self.inner.tracker.close();
         if tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
@@ -161,6 +177,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         });
         assert_eq!(tasks.running(), 2);
+        tasks.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(tasks.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scope_stops_alone_and_with_the_drain() {
+        let tasks = Tasks::new();
+        let loop_until_drained = |drain: Drain| async move { drain.wait().await };
+        let a = tasks.scope();
+        a.spawn("a", loop_until_drained);
+        let b = tasks.scope();
+        b.spawn("b", loop_until_drained);
+        assert_eq!(tasks.running_names(), vec!["a", "b"]);
+        a.stop();
+        while tasks.running_names() != vec!["b"] {
+            tokio::task::yield_now().await;
+        }
         tasks.shutdown(Duration::from_secs(1)).await;
         assert_eq!(tasks.running(), 0);
     }

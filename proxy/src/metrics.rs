@@ -20,6 +20,16 @@ const PLUGIN_BUCKETS: &[f64] = &[
 /// The deadlines a client can run into (`profile_edge_client_timeouts_total`).
 pub const CLIENT_TIMEOUTS: [&str; 4] = ["head", "idle", "write", "body"];
 pub const ROUTES: [&str; 4] = ["profile", "batch", "enrich", "passthrough"];
+/// Propagation across instances: a millisecond on loopback, seconds when a
+/// subscriber replays after a reconnect.
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+/// `profile_edge_backplane_messages_total` label values, registered at start.
+pub const BACKPLANE_OUTCOMES: [(&str, &[&str]); 2] = [
+    ("sent", &["ok", "failed", "dropped"]),
+    ("received", &["applied", "own", "malformed", "foreign"]),
+];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
 pub struct Metrics {
@@ -42,6 +52,14 @@ pub struct Metrics {
     /// Beyond the original contract: debounced bursts of file events the
     /// config watcher handled (each re-reads the file; most change nothing).
     pub config_watch_events: IntCounter,
+    /// Backplane messages by direction (sent|received) and outcome.
+    pub backplane_messages: IntCounterVec,
+    pub backplane_connected: IntGauge,
+    /// From an invalidation on its first instance to memory removed here.
+    pub invalidation_propagation: Histogram,
+    /// Beyond the contract: memory tiers cleared because the backplane
+    /// could not tell what this instance missed.
+    pub backplane_memory_clears: IntCounter,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -122,6 +140,34 @@ impl Metrics {
         for kind in CLIENT_TIMEOUTS {
             client_timeouts.with_label_values(&[kind]);
         }
+        let backplane_messages = counter_vec(
+            "profile_edge_backplane_messages_total",
+            "Backplane messages by direction (sent|received) and outcome (sent: ok|failed|dropped; received: applied|own|malformed|foreign).",
+            &["direction", "outcome"],
+        );
+        for (direction, outcomes) in BACKPLANE_OUTCOMES {
+            for outcome in outcomes {
+                backplane_messages.with_label_values(&[direction, outcome]);
+            }
+        }
+        let backplane_connected = IntGauge::new(
+            "profile_edge_backplane_connected",
+            "1 while the backplane subscription is reading, else 0.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let invalidation_propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "profile_edge_invalidation_propagation_seconds",
+                "From an invalidation on its first instance to memory removed on this one (sender's wall clock).",
+            )
+            .buckets(PROPAGATION_BUCKETS.to_vec()),
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let backplane_memory_clears = IntCounter::new(
+            "profile_edge_backplane_memory_clears_total",
+            "Memory tiers cleared because the backplane could not tell which invalidations were missed.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
 
         for tier in ["memory", "redis", "mongo", "origin"] {
             for result in ["hit", "miss"] {
@@ -159,6 +205,10 @@ impl Metrics {
             connections,
             client_timeouts,
             config_watch_events,
+            backplane_messages,
+            backplane_connected,
+            invalidation_propagation,
+            backplane_memory_clears,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -175,6 +225,10 @@ impl Metrics {
             Box::new(m.connections.clone()),
             Box::new(m.client_timeouts.clone()),
             Box::new(m.config_watch_events.clone()),
+            Box::new(m.backplane_messages.clone()),
+            Box::new(m.backplane_connected.clone()),
+            Box::new(m.invalidation_propagation.clone()),
+            Box::new(m.backplane_memory_clears.clone()),
         ];
         for c in collectors {
             m.registry
@@ -203,6 +257,12 @@ impl Metrics {
         if let Some(h) = self.route_durations.get(route_index) {
             h.observe(seconds);
         }
+    }
+
+    pub fn backplane(&self, direction: &str, outcome: &str) {
+        self.backplane_messages
+            .with_label_values(&[direction, outcome])
+            .inc();
     }
 
     pub fn reload(&self, kind: &str, ok: bool) {
@@ -257,6 +317,9 @@ mod tests {
             "profile_edge_plugin_duration_seconds",
             "profile_edge_reloads_total",
             "profile_edge_invalidations_total",
+            "profile_edge_backplane_messages_total",
+            "profile_edge_backplane_connected",
+            "profile_edge_invalidation_propagation_seconds",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

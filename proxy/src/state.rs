@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, Problem, OFFICER};
 use crate::http::server::ConnLimits;
 use crate::http::tls;
 use crate::http::upstream::Upstream;
+use crate::invalidation::Invalidations;
 use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
@@ -100,6 +101,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Profile lookups: tiers, coalescing, fail-safe. Lives across reloads.
     pub profiles: Arc<Profiles>,
+    /// Every invalidation, local and through the backplane. Lives across
+    /// reloads.
+    pub invalidations: Arc<Invalidations>,
     /// The WebAssembly policies the config names. Lives across reloads.
     pub plugins: Arc<Plugins>,
     ready: AtomicBool,
@@ -129,6 +133,16 @@ impl State {
             tasks.clone(),
         )
         .map_err(|p| ConfigError {
+            file: file.clone(),
+            problems: vec![p],
+        })?;
+        let invalidations = Invalidations::new(
+            &runtime.config,
+            profiles.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        )
+        .map_err(|p| ConfigError {
             file,
             problems: vec![p],
         })?;
@@ -140,6 +154,7 @@ impl State {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             profiles,
+            invalidations: Arc::new(invalidations),
             plugins,
             ready: AtomicBool::new(false),
             tasks,

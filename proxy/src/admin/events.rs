@@ -115,16 +115,13 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
         } else {
             match &action {
                 Action::Invalidate(id) => {
-                    state.profiles.invalidate(id, "event").await;
+                    state.invalidations.invalidate(id, "event").await;
                     "done".to_string()
                 }
-                Action::Refresh(id) => {
-                    state.profiles.invalidate(id, "event").await;
-                    match state.profiles.get(id).await {
-                        Ok(_) => "done".to_string(),
-                        Err(e) => format!("invalidated; reload failed: {e}"),
-                    }
-                }
+                Action::Refresh(id) => match state.invalidations.refresh(id, "event").await {
+                    Ok(_) => "done".to_string(),
+                    Err(e) => format!("invalidated; reload failed: {e}"),
+                },
                 // Post snapshots live in the MongoDB posts collection, which
                 // this build has no tier for yet.
                 Action::RefreshPostSnapshots(_) => {

@@ -89,6 +89,7 @@ impl AdminRouter {
                 let mut stats = self.state.profiles.stats();
                 stats["ready"] = json!(self.state.is_ready());
                 stats["plugins"] = self.state.plugins.versions();
+                stats["backplane"] = self.state.invalidations.stats();
                 Ok(json_response(StatusCode::OK, &stats))
             }
             (Method::GET, "/admin/plugins") => {
@@ -112,7 +113,7 @@ impl AdminRouter {
                     .profiles
                     .check_path_id("id", &p[PURGE_PREFIX.len()..])
                     .map_err(crate::routes::profile::id_error)?;
-                self.state.profiles.invalidate(&id, "admin").await;
+                self.state.invalidations.invalidate(&id, "admin").await;
                 Ok(json_response(StatusCode::OK, &json!({"invalidated": id})))
             }
             (

@@ -126,6 +126,13 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             problems: vec![p],
         });
     }
+    if let Err(p) = state.invalidations.reconfigure(&runtime.config) {
+        state.metrics.reload("config", false);
+        return Err(ConfigError {
+            file,
+            problems: vec![p],
+        });
+    }
     staged.commit();
     let warnings: Vec<String> = opened_admin(&state.runtime(), &runtime)
         .into_iter()

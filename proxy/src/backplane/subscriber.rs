@@ -1,0 +1,345 @@
+//! Reads the log and applies other instances' messages to this one's
+//! memory, with blocking `XREAD`s on a connection of its own (named
+//! `pe-backplane:INSTANCE` in `CLIENT LIST`). When the connection drops it
+//! reconnects with backoff and asks `gap::decide` whether it can replay
+//! what it missed or must clear memory. Bad entries are counted and
+//! skipped; nothing read from Redis can stop the loop.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+
+use super::gap::{decide, LogInfo, Observed, Position, Resume, StreamId};
+use super::message::{BadMessage, Kind, Message};
+use super::stats::{bump, Stats};
+use crate::lifecycle::Drain;
+use crate::lookup::Profiles;
+use crate::metrics::Metrics;
+use crate::tier::now_ms;
+
+/// How long one `XREAD` blocks in Redis; the connection's response timeout
+/// is this plus the connect budget, so a silent network is noticed.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Entries per read.
+const COUNT: usize = 512;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub struct Subscriber {
+    pub client: redis::Client,
+    pub connect_timeout: Duration,
+    pub log_key: String,
+    pub catch_up: Duration,
+    pub instance: Arc<str>,
+    pub profiles: Arc<Profiles>,
+    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a session ended.
+enum End {
+    Drained,
+    Lost(String),
+}
+
+impl Subscriber {
+    pub async fn run(self, drain: Drain) {
+        let mut position: Option<Position> = None;
+        let mut down_since = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        // One warning per outage; the retries in between are debug.
+        let mut warned = false;
+        loop {
+            match self.session(&mut position, down_since, &drain).await {
+                End::Drained => break,
+                End::Lost(why) => {
+                    if self.stats.connected.load(Ordering::Relaxed) {
+                        // It was reading: a new outage, and a fresh backoff.
+                        self.set_connected(false);
+                        down_since = Instant::now();
+                        backoff = BACKOFF_MIN;
+                        warned = false;
+                    }
+                    if !warned {
+                        tracing::warn!(error = %why, "backplane subscription is down; reconnecting");
+                        warned = true;
+                    } else {
+                        tracing::debug!(error = %why, "backplane subscription still down");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = drain.wait() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.set_connected(false);
+    }
+
+    fn set_connected(&self, on: bool) {
+        self.stats.connected.store(on, Ordering::Relaxed);
+        self.metrics.backplane_connected.set(i64::from(on));
+    }
+
+    /// One connection: resume (replay or clear), then read until it fails.
+    async fn session(&self, position: &mut Option<Position>, down_since: Instant, drain: &Drain) -> End {
+        let mut conn = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => return End::Lost(e),
+        };
+        let observed = match observe(&mut conn, &self.log_key).await {
+            Ok(o) => o,
+            Err(e) => return End::Lost(e),
+        };
+        let resume = decide(position.as_ref(), &observed, down_since.elapsed(), self.catch_up);
+        if position.is_some() {
+            bump(&self.stats.reconnects);
+        }
+        let replay_until = match &resume {
+            Resume::Start { .. } => {
+                // Anything cached before the first connection was never
+                // covered by the log: drop it (nothing, in the usual start).
+                if self.profiles.memory_entries() > 0 {
+                    self.clear("started without a backplane connection");
+                } else {
+                    self.profiles.forget_all();
+                }
+                StreamId::ZERO
+            }
+            Resume::Clear { reason, .. } => {
+                self.clear(reason);
+                StreamId::ZERO
+            }
+            Resume::Replay { from } => {
+                bump(&self.stats.replays);
+                tracing::info!(from = %from, "backplane reconnected; replaying missed invalidations");
+                observed.log.map_or(StreamId::ZERO, |l| l.last_generated)
+            }
+        };
+        let (mut last, mut added) = match resume {
+            Resume::Replay { from } => (from, position.as_ref().and_then(|p| p.added)),
+            Resume::Start { from } | Resume::Clear { from, .. } => {
+                (from, Some(observed.log.and_then(|l| l.entries_added).unwrap_or(0)))
+            }
+        };
+        *position = Some(Position {
+            run_id: observed.run_id.clone(),
+            last,
+            added,
+        });
+        self.set_connected(true);
+        tracing::info!(from = %last, "backplane subscription reading");
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.log_key)
+                .arg(last.to_string());
+            let read = cmd.query_async::<Value>(&mut conn);
+            let reply = tokio::select! {
+                r = read => r,
+                _ = drain.wait() => return End::Drained,
+            };
+            let entries = match reply {
+                Ok(v) => entries_of(v),
+                Err(e) => return End::Lost(e.to_string()),
+            };
+            for (id, fields) in entries {
+                if id <= last {
+                    continue;
+                }
+                last = id;
+                added = added.map(|n| n + 1);
+                self.apply(&fields, id <= replay_until);
+            }
+            if let Some(p) = position.as_mut() {
+                p.last = last;
+                p.added = added;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(BLOCK + self.connect_timeout));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("pe-backplane:{}", self.instance))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    fn clear(&self, reason: &str) {
+        tracing::warn!(reason, "backplane cannot tell which invalidations were missed; clearing the memory tier");
+        self.profiles.forget_all();
+        bump(&self.stats.memory_clears);
+        self.metrics.backplane_memory_clears.inc();
+    }
+
+    fn apply(&self, fields: &[(Vec<u8>, Vec<u8>)], replayed: bool) {
+        let ids = self.profiles.ids();
+        let m = match Message::parse(fields, &ids) {
+            Ok(m) => m,
+            Err(BadMessage::Foreign(format)) => {
+                bump(&self.stats.foreign);
+                self.metrics.backplane("received", "foreign");
+                tracing::debug!(%format, "foreign entry in the backplane log ignored");
+                return;
+            }
+            Err(e) => {
+                bump(&self.stats.malformed);
+                self.metrics.backplane("received", "malformed");
+                tracing::warn!(error = %e, "malformed backplane message ignored");
+                return;
+            }
+        };
+        if *m.from == *self.instance {
+            bump(&self.stats.own);
+            self.metrics.backplane("received", "own");
+            return;
+        }
+        let held = self.profiles.forget(&m.id);
+        if m.kind == Kind::Refresh && held.is_some() {
+            self.profiles.warm(&m.id, m.version);
+        }
+        let now_us = now_ms().saturating_mul(1000);
+        self.metrics
+            .invalidation_propagation
+            .observe(now_us.saturating_sub(m.at_us) as f64 / 1e6);
+        bump(&self.stats.received);
+        if replayed {
+            bump(&self.stats.replayed);
+        }
+        self.stats.last_message_ms.store(now_ms(), Ordering::Relaxed);
+        self.metrics.backplane("received", "applied");
+    }
+}
+
+/// `INFO server`'s run_id and `XINFO STREAM` of the log.
+async fn observe(conn: &mut MultiplexedConnection, key: &str) -> Result<Observed, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|s| s.trim().to_string())
+        .ok_or("INFO server has no run_id")?;
+    let log = match redis::cmd("XINFO").arg("STREAM").arg(key).query_async::<Value>(conn).await {
+        Ok(v) => Some(log_info(&v).ok_or("unexpected XINFO STREAM reply")?),
+        Err(e) if e.to_string().contains("no such key") => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(Observed { run_id, log })
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// Key/value pairs of a RESP2 flat array or a RESP3 map.
+fn pairs(v: &Value) -> Vec<(&Value, &Value)> {
+    match v {
+        Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
+        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn log_info(v: &Value) -> Option<LogInfo> {
+    let mut last_generated = None;
+    let mut entries_added = None;
+    let mut length = 0;
+    let mut first = None;
+    for (k, val) in pairs(v) {
+        match text(k).as_deref() {
+            Some("last-generated-id") => last_generated = text(val).and_then(|t| StreamId::parse(&t)),
+            Some("entries-added") => entries_added = int(val),
+            Some("length") => length = int(val).unwrap_or(0),
+            Some("first-entry") => {
+                first = match val {
+                    Value::Array(e) => e.first().and_then(text).and_then(|t| StreamId::parse(&t)),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(LogInfo {
+        last_generated: last_generated?,
+        entries_added,
+        length,
+        first,
+    })
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The entries of an `XREAD` reply (nil when the block timed out). An entry
+/// whose id cannot be read is skipped; its fields are kept as bytes for
+/// `Message::parse` to judge.
+fn entries_of(v: Value) -> Vec<(StreamId, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let streams: Vec<Value> = match v {
+        Value::Array(s) => s,
+        Value::Map(m) => m.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut parts) = stream else { continue };
+        if parts.len() != 2 {
+            continue;
+        }
+        let Value::Array(entries) = parts.swap_remove(1) else { continue };
+        for entry in entries {
+            let Value::Array(e) = entry else { continue };
+            let (Some(id), Some(fields)) = (e.first().and_then(text).and_then(|t| StreamId::parse(&t)), e.get(1)) else {
+                continue;
+            };
+            let fields = match fields {
+                Value::Array(f) => f
+                    .chunks_exact(2)
+                    .map(|c| (bytes(&c[0]), bytes(&c[1])))
+                    .collect(),
+                Value::Map(m) => m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+                _ => Vec::new(),
+            };
+            out.push((id, fields));
+        }
+    }
+    out
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        other => text(other).unwrap_or_default().into_bytes(),
+    }
+}
