@@ -4,7 +4,11 @@
 //! invalidations on different instances write no old value back, Redis
 //! dying under load fails no request, and garbage on the log is counted.
 //! Verdicts are counts (stale reads, failed requests, old values); the
-//! waits are gates on the instances' own stats, never sleeps.
+//! waits are gates on the instances' own stats and on the log's state.
+//! Time is used only to shape load: the gap test paces its appends so that
+//! the log ages past `catch_up`, and the race test offsets its events by
+//! random milliseconds to land them mid-load; no verdict depends on either.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 mod support;
 
 use std::collections::HashMap;
@@ -66,8 +70,11 @@ impl Fleet {
     }
 
     async fn backplane(&self, i: usize) -> Value {
-        let (status, _, body) =
-            get(&self.client, &format!("http://{}/admin/stats", self.admin(i))).await;
+        let (status, _, body) = get(
+            &self.client,
+            &format!("http://{}/admin/stats", self.admin(i)),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         json(&body)["backplane"].clone()
     }
@@ -109,7 +116,12 @@ impl Fleet {
             body,
         )
         .await;
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 
     async fn shutdown(self) {
@@ -174,7 +186,9 @@ async fn no_instance_serves_an_old_version_once_the_event_has_propagated() {
                 let (v, _) = served(&c, fleet.apps[instance].main_addr(), id).await;
                 if v < want {
                     stale.fetch_add(1, Ordering::SeqCst);
-                    eprintln!("stale: instance {instance} served {id} v{v} after v{want} propagated");
+                    eprintln!(
+                        "stale: instance {instance} served {id} v{v} after v{want} propagated"
+                    );
                 }
                 reads.fetch_add(1, Ordering::SeqCst);
             }
@@ -196,7 +210,11 @@ async fn no_instance_serves_an_old_version_once_the_event_has_propagated() {
         floor.lock().unwrap().insert(id.clone(), version);
         // The others serve the new version on their next request.
         for i in (0..3).filter(|&i| i != sender) {
-            assert_eq!(fleet.served(i, id).await.0, version, "instance {i}, update {u}");
+            assert_eq!(
+                fleet.served(i, id).await.0,
+                version,
+                "instance {i}, update {u}"
+            );
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -204,20 +222,42 @@ async fn no_instance_serves_an_old_version_once_the_event_has_propagated() {
         r.await.unwrap();
     }
     assert!(reads.load(Ordering::SeqCst) > 0, "the readers ran");
-    assert_eq!(stale.load(Ordering::SeqCst), 0, "stale reads after propagation");
+    assert_eq!(
+        stale.load(Ordering::SeqCst),
+        0,
+        "stale reads after propagation"
+    );
     for i in 0..3 {
         let bp = fleet.backplane(i).await;
-        assert_eq!(bp["messages_sent"].as_u64(), Some(200 / 3 + u64::from(i < 200 % 3)));
-        assert_eq!(bp["messages_ignored"]["own"], bp["messages_sent"], "own messages skipped");
+        assert_eq!(
+            bp["messages_sent"].as_u64(),
+            Some(200 / 3 + u64::from(i < 200 % 3))
+        );
+        assert_eq!(
+            bp["messages_ignored"]["own"], bp["messages_sent"],
+            "own messages skipped"
+        );
         assert_eq!(bp["memory_clears"], json!(0));
         let admin = fleet.admin(i);
-        assert_eq!(metric(&fleet.client, admin, "profile_edge_backplane_connected").await, 1.0);
         assert_eq!(
-            metric(&fleet.client, admin, "profile_edge_invalidation_propagation_seconds_count").await,
+            metric(&fleet.client, admin, "profile_edge_backplane_connected").await,
+            1.0
+        );
+        assert_eq!(
+            metric(
+                &fleet.client,
+                admin,
+                "profile_edge_invalidation_propagation_seconds_count"
+            )
+            .await,
             expected[i] as f64
         );
     }
-    Arc::try_unwrap(fleet).ok().expect("readers done").shutdown().await;
+    Arc::try_unwrap(fleet)
+        .ok()
+        .expect("readers done")
+        .shutdown()
+        .await;
 }
 
 /// `refresh` (the invalidate-profile policy's answer to profile-updated)
@@ -229,7 +269,11 @@ async fn a_refresh_warms_every_instance_from_the_shared_tier() {
     let sim = sim_origin(10, Duration::ZERO).await;
     let redis = RedisServer::start().await;
     let wasm = repo_root().join("plugins/dist/invalidate_profile.wasm");
-    assert!(wasm.exists(), "{} is missing: run `bash plugins/build.sh`", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        wasm.display()
+    );
     let extra = format!(
         "[plugins.inv]\npath = \"{}\"\ndeadline = \"1s\"\n\n[invalidation]\nplugin = \"inv\"\n",
         wasm.display()
@@ -243,7 +287,11 @@ async fn a_refresh_warms_every_instance_from_the_shared_tier() {
     let calls = sim.stats().origin_calls();
     assert!(sim.update_user(&id));
     fleet.event(0, &id).await;
-    assert_eq!(sim.stats().origin_calls(), calls + 1, "instance 0 reloaded it");
+    assert_eq!(
+        sim.stats().origin_calls(),
+        calls + 1,
+        "instance 0 reloaded it"
+    );
     for i in 1..3 {
         fleet.wait_received(i, 1).await;
         // Warmed in the background: wait for memory to hold it, then read.
@@ -253,7 +301,11 @@ async fn a_refresh_warms_every_instance_from_the_shared_tier() {
         .await;
         assert_eq!(fleet.served(i, &id).await, (2, "memory".to_string()));
     }
-    assert_eq!(sim.stats().origin_calls(), calls + 1, "the others warmed from Redis");
+    assert_eq!(
+        sim.stats().origin_calls(),
+        calls + 1,
+        "the others warmed from Redis"
+    );
     fleet.shutdown().await;
 }
 
@@ -275,7 +327,11 @@ async fn a_killed_subscription_replays_what_it_missed() {
         .unwrap()
         .to_string();
     let mut conn = redis.conn().await;
-    let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let client_id = list
         .lines()
         .find(|l| l.contains(&format!("name=pe-backplane:{instance}")))
@@ -303,7 +359,11 @@ async fn a_killed_subscription_replays_what_it_missed() {
     fleet.wait_received(1, updated as u64).await;
     for id in &ids {
         let want = sim.profile(id).unwrap().version;
-        assert_eq!(fleet.served(1, id).await.0, want, "{id} after the reconnect");
+        assert_eq!(
+            fleet.served(1, id).await.0,
+            want,
+            "{id} after the reconnect"
+        );
     }
     let bp = fleet.backplane(1).await;
     assert_eq!(bp["memory_clears"], json!(0), "{bp}");
@@ -378,7 +438,12 @@ async fn a_gap_longer_than_catch_up_clears_memory() {
     let relay = Relay::start(harness_addr(redis.port())).await;
     let fast = "catch_up = \"300ms\"";
     let a = instance_config(&sim, &redis, fast, "");
-    let b = instance_config(&sim, &redis, &format!("{fast}\nurl = \"{}\"", relay.url()), "");
+    let b = instance_config(
+        &sim,
+        &redis,
+        &format!("{fast}\nurl = \"{}\"", relay.url()),
+        "",
+    );
     let fleet = Fleet::start(&[a, b]).await;
     let ids: Vec<String> = (0..20).map(user_id).collect();
     for id in &ids {
@@ -393,7 +458,8 @@ async fn a_gap_longer_than_catch_up_clears_memory() {
     // The first message instance 1 misses (published asynchronously: wait
     // for it on the log)...
     let added = |info: HashMap<String, String>| {
-        info.get("entries-added").map_or(0, |n| n.parse::<u64>().unwrap())
+        info.get("entries-added")
+            .map_or(0, |n| n.parse::<u64>().unwrap())
     };
     let before = added(xinfo(&mut conn).await);
     assert!(sim.update_user(&ids[0]));
@@ -410,7 +476,10 @@ async fn a_gap_longer_than_catch_up_clears_memory() {
     // ...and more, paced so that time passes, until the log has trimmed it.
     let mut k = 1;
     loop {
-        let first = xinfo(&mut conn).await.get("first-entry-id").map(|t| parse_id(t));
+        let first = xinfo(&mut conn)
+            .await
+            .get("first-entry-id")
+            .map(|t| parse_id(t));
         if first.is_some_and(|f| f > first_missed) {
             break;
         }
@@ -425,7 +494,12 @@ async fn a_gap_longer_than_catch_up_clears_memory() {
     let bp = fleet.backplane(1).await;
     assert_eq!(bp["memory_clears"], json!(1), "{bp}");
     assert_eq!(
-        metric(&fleet.client, fleet.admin(1), "profile_edge_backplane_memory_clears_total").await,
+        metric(
+            &fleet.client,
+            fleet.admin(1),
+            "profile_edge_backplane_memory_clears_total"
+        )
+        .await,
         1.0
     );
     for id in &ids {
@@ -470,7 +544,9 @@ async fn xinfo(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, 
         .collect();
     // `first-entry` is [id, fields]: keep its id.
     if let Some(first) = items.chunks_exact(2).find_map(|kv| match (&kv[0], &kv[1]) {
-        (k, redis::Value::Array(e)) if text(k).as_deref() == Some("first-entry") => e.first().and_then(text),
+        (k, redis::Value::Array(e)) if text(k).as_deref() == Some("first-entry") => {
+            e.first().and_then(text)
+        }
         _ => None,
     }) {
         out.insert("first-entry-id".into(), first);
@@ -502,7 +578,12 @@ async fn ten_thousand_races_write_no_old_value_back() {
         .map(|_| {
             let load_on = rng.random_range(0..3);
             let event_on = (load_on + rng.random_range(1..3)) % 3;
-            (load_on, event_on, rng.random_range(0..5), rng.random_bool(0.8))
+            (
+                load_on,
+                event_on,
+                rng.random_range(0..5),
+                rng.random_bool(0.8),
+            )
         })
         .collect();
     for chunk in (0..RACES).collect::<Vec<_>>().chunks(AT_ONCE) {
@@ -548,9 +629,15 @@ async fn ten_thousand_races_write_no_old_value_back() {
     let mut conn = redis.conn().await;
     let mut old_in_redis = 0;
     for chunk in (0..RACES).collect::<Vec<_>>().chunks(500) {
-        let keys: Vec<String> = chunk.iter().map(|&n| format!("pe:test:{}", user_id(n))).collect();
-        let values: Vec<Option<Vec<u8>>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.unwrap();
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|&n| format!("pe:test:{}", user_id(n)))
+            .collect();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         for v in values.into_iter().flatten() {
             if let Some(body) = found_body(&v) {
                 if json(body)["version"].as_u64() != Some(2) {
@@ -582,7 +669,11 @@ async fn ten_thousand_races_write_no_old_value_back() {
     }
     assert_eq!(old_in_redis, 0, "old values written back to Redis");
     assert_eq!(old_served, 0, "old values served after propagation");
-    Arc::try_unwrap(fleet).ok().expect("races done").shutdown().await;
+    Arc::try_unwrap(fleet)
+        .ok()
+        .expect("races done")
+        .shutdown()
+        .await;
 }
 
 /// The profile JSON of a stored PE2 value, when it holds one.
@@ -612,13 +703,18 @@ async fn redis_restarting_under_load_fails_no_request() {
     let done = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for w in 0..6usize {
-        let (fleet, stop, failed, done) = (fleet.clone(), stop.clone(), failed.clone(), done.clone());
+        let (fleet, stop, failed, done) =
+            (fleet.clone(), stop.clone(), failed.clone(), done.clone());
         clients.push(tokio::spawn(async move {
             let c = client();
             let mut k = w;
             while !stop.load(Ordering::SeqCst) {
                 // Even: a warm id; odd: a cold one.
-                let id = if k % 2 == 0 { user_id(k % 10) } else { user_id(10 + k % 1990) };
+                let id = if k % 2 == 0 {
+                    user_id(k % 10)
+                } else {
+                    user_id(10 + k % 1990)
+                };
                 let url = format!("http://{}/api/users/{id}", fleet.apps[k % 3].main_addr());
                 let (status, _, _) = get(&c, &url).await;
                 if status != StatusCode::OK {
@@ -633,7 +729,10 @@ async fn redis_restarting_under_load_fails_no_request() {
         let done = done.clone();
         async move {
             let target = done.load(Ordering::SeqCst) + n;
-            wait_until("clients make progress", || async { done.load(Ordering::SeqCst) >= target }).await;
+            wait_until("clients make progress", || async {
+                done.load(Ordering::SeqCst) >= target
+            })
+            .await;
         }
     };
     at(300).await;
@@ -676,9 +775,16 @@ async fn redis_restarting_under_load_fails_no_request() {
     }
     for i in 0..3 {
         let clears = fleet.stat(i, "memory_clears").await;
-        assert!(clears >= 1, "instance {i}: Redis lost the log, memory must be cleared");
+        assert!(
+            clears >= 1,
+            "instance {i}: Redis lost the log, memory must be cleared"
+        );
     }
-    Arc::try_unwrap(fleet).ok().expect("clients done").shutdown().await;
+    Arc::try_unwrap(fleet)
+        .ok()
+        .expect("clients done")
+        .shutdown()
+        .await;
 }
 
 /// Entries on the log that are not ours, or ours but malformed, are
@@ -693,8 +799,22 @@ async fn garbage_on_the_log_is_counted_and_ignored() {
     let garbage: [&[(&str, &[u8])]; 4] = [
         &[("hello", b"world")],
         &[("pe", b"1"), ("kind", b"explode"), ("id", b"x")],
-        &[("pe", b"1"), ("from", b"x"), ("kind", b"invalidate"), ("id", &[0xff, 0x00]), ("version", b"1"), ("at", b"1")],
-        &[("pe", b"1"), ("from", b"x"), ("kind", b"invalidate"), ("id", b"../../etc"), ("version", b"1"), ("at", b"1")],
+        &[
+            ("pe", b"1"),
+            ("from", b"x"),
+            ("kind", b"invalidate"),
+            ("id", &[0xff, 0x00]),
+            ("version", b"1"),
+            ("at", b"1"),
+        ],
+        &[
+            ("pe", b"1"),
+            ("from", b"x"),
+            ("kind", b"invalidate"),
+            ("id", b"../../etc"),
+            ("version", b"1"),
+            ("at", b"1"),
+        ],
     ];
     for fields in garbage {
         let mut cmd = redis::cmd("XADD");
@@ -706,11 +826,17 @@ async fn garbage_on_the_log_is_counted_and_ignored() {
     }
     wait_until("garbage counted", || async {
         let bp = fleet.backplane(1).await;
-        bp["messages_ignored"]["malformed"] == json!(3) && bp["messages_ignored"]["foreign"] == json!(1)
+        bp["messages_ignored"]["malformed"] == json!(3)
+            && bp["messages_ignored"]["foreign"] == json!(1)
     })
     .await;
     assert_eq!(
-        metric(&fleet.client, fleet.admin(1), "profile_edge_backplane_messages_total{direction=\"received\",outcome=\"malformed\"}").await,
+        metric(
+            &fleet.client,
+            fleet.admin(1),
+            "profile_edge_backplane_messages_total{direction=\"received\",outcome=\"malformed\"}"
+        )
+        .await,
         3.0
     );
     let id = user_id(2);

@@ -597,6 +597,6 @@ async fn corrupt_values_in_redis_are_misses() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(raw.starts_with(b"PE1"));
+    assert!(raw.starts_with(b"PE2"));
     app.shutdown().await;
 }

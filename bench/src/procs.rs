@@ -130,6 +130,8 @@ pub struct ProxyOpts {
     /// `[plugins.invalidate-profile]` with this file and `[invalidation]`.
     pub invalidation_plugin: Option<PathBuf>,
     pub negative_ttl: String,
+    /// `[backplane]` on the Redis tier's connection.
+    pub backplane: bool,
 }
 
 impl ProxyOpts {
@@ -142,6 +144,7 @@ impl ProxyOpts {
             enrich_plugin: None,
             invalidation_plugin: None,
             negative_ttl: "30s".into(),
+            backplane: false,
         }
     }
 }
@@ -175,6 +178,9 @@ pub fn proxy_config(listen: SocketAddr, admin: SocketAddr, o: &ProxyOpts) -> Str
     );
     if let Some(url) = &o.redis_url {
         let _ = writeln!(t, "[tiers.redis]\nurl = {}\n", toml_str(url));
+    }
+    if o.backplane {
+        let _ = writeln!(t, "[backplane]\nchannel = \"pe:bench\"\n");
     }
     if let Some(p) = &o.enrich_plugin {
         let _ = writeln!(

@@ -17,7 +17,7 @@ set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-all_targets=(config ids batch_body event_body tier_codec post_shape)
+all_targets=(config ids batch_body event_body tier_codec post_shape backplane_message)
 
 secs="${1:-60}"
 [ $# -gt 0 ] && shift

@@ -2,6 +2,7 @@
 //! warming helpers) and the dispatcher that turns a failed scenario into a
 //! section saying why.
 
+mod backplane;
 mod cold;
 mod enrich;
 mod memory;
@@ -45,6 +46,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "6. The Redis tier: L2-hit latency and throughput; a Redis outage under load",
     ),
     ("memory", "7. Memory: proxy RSS with 100k profiles cached"),
+    (
+        "backplane",
+        "8. Backplane: invalidation propagation across 3 instances; warm hits with it on vs off",
+    ),
 ];
 
 pub struct Ctx {
@@ -82,6 +87,7 @@ pub async fn run(key: &'static str, ctx: &Ctx) -> Section {
         "reload" => reload::run(ctx, &mut sec).await,
         "redis" => redis_tier::run(ctx, &mut sec).await,
         "memory" => memory::run(ctx, &mut sec).await,
+        "backplane" => backplane::run(ctx, &mut sec).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
     };
     if let Err(e) = result {

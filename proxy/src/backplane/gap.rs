@@ -71,7 +71,10 @@ pub enum Resume {
     Replay { from: StreamId },
     /// What was missed cannot be known: clear memory, read from `from`
     /// (the log's end).
-    Clear { reason: &'static str, from: StreamId },
+    Clear {
+        reason: &'static str,
+        from: StreamId,
+    },
 }
 
 /// Decides how to resume. `prev` is `None` on the first connection;
@@ -83,14 +86,21 @@ pub enum Resume {
 /// entries appended since our position (`entries-added` now minus then)
 /// must all still be there (the log's length); any fewer were trimmed
 /// unread.
-pub fn decide(prev: Option<&Position>, now: &Observed, down_for: Duration, catch_up: Duration) -> Resume {
+pub fn decide(
+    prev: Option<&Position>,
+    now: &Observed,
+    down_for: Duration,
+    catch_up: Duration,
+) -> Resume {
     let end = now.log.map_or(StreamId::ZERO, |l| l.last_generated);
     let Some(prev) = prev else {
         return Resume::Start { from: end };
     };
     let clear = |reason| Resume::Clear { reason, from: end };
     if prev.run_id != now.run_id {
-        return clear("Redis restarted or failed over: the messages sent meanwhile cannot be known");
+        return clear(
+            "Redis restarted or failed over: the messages sent meanwhile cannot be known",
+        );
     }
     if down_for > catch_up {
         return clear("disconnected for longer than backplane.catch_up");
@@ -112,9 +122,9 @@ pub fn decide(prev: Option<&Position>, now: &Observed, down_for: Duration, catch
         (Some(now_added), Some(then)) if now_added.saturating_sub(then) <= log.length => {
             Resume::Replay { from: prev.last }
         }
-        (Some(_), Some(_)) => {
-            clear("messages missed were trimmed from the log (a gap longer than backplane.catch_up)")
-        }
+        (Some(_), Some(_)) => clear(
+            "messages missed were trimmed from the log (a gap longer than backplane.catch_up)",
+        ),
         _ => clear("the log does not say whether messages missed were trimmed"),
     }
 }
@@ -142,7 +152,11 @@ mod tests {
     }
 
     fn at(last: u64, added: u64) -> Position {
-        Position { run_id: "r".into(), last: id(last), added: Some(added) }
+        Position {
+            run_id: "r".into(),
+            last: id(last),
+            added: Some(added),
+        }
     }
 
     const MIN: Duration = Duration::from_secs(60);
@@ -161,35 +175,107 @@ mod tests {
     fn first_connection_starts_at_the_end() {
         let r = decide(None, &observed("r", 10, 50, 50), MIN, CATCH_UP);
         assert_eq!(r, Resume::Start { from: id(50) });
-        let empty = Observed { run_id: "r".into(), log: None };
-        assert_eq!(decide(None, &empty, MIN, CATCH_UP), Resume::Start { from: StreamId::ZERO });
+        let empty = Observed {
+            run_id: "r".into(),
+            log: None,
+        };
+        assert_eq!(
+            decide(None, &empty, MIN, CATCH_UP),
+            Resume::Start {
+                from: StreamId::ZERO
+            }
+        );
     }
 
     #[test]
     fn a_gap_still_in_the_log_is_replayed() {
         // Our last entry is still there.
-        assert_eq!(decide(Some(&at(40, 40)), &observed("r", 30, 50, 50), MIN, CATCH_UP), Resume::Replay { from: id(40) });
+        assert_eq!(
+            decide(Some(&at(40, 40)), &observed("r", 30, 50, 50), MIN, CATCH_UP),
+            Resume::Replay { from: id(40) }
+        );
         // Trimmed up to ours, but every entry after it is there.
-        assert_eq!(decide(Some(&at(40, 40)), &observed("r", 41, 50, 50), MIN, CATCH_UP), Resume::Replay { from: id(40) });
+        assert_eq!(
+            decide(Some(&at(40, 40)), &observed("r", 41, 50, 50), MIN, CATCH_UP),
+            Resume::Replay { from: id(40) }
+        );
         // A quiet log: ours trimmed by age, nothing appended since.
         let quiet = Observed {
             run_id: "r".into(),
-            log: Some(LogInfo { last_generated: id(40), entries_added: Some(40), length: 0, first: None }),
+            log: Some(LogInfo {
+                last_generated: id(40),
+                entries_added: Some(40),
+                length: 0,
+                first: None,
+            }),
         };
-        assert_eq!(decide(Some(&at(40, 40)), &quiet, MIN, CATCH_UP), Resume::Replay { from: id(40) });
+        assert_eq!(
+            decide(Some(&at(40, 40)), &quiet, MIN, CATCH_UP),
+            Resume::Replay { from: id(40) }
+        );
     }
 
     #[test]
     fn every_unknowable_gap_clears() {
         let cleared = |r: Resume| matches!(r, Resume::Clear { from, .. } if from == id(50));
         let prev = at(40, 40);
-        assert!(cleared(decide(Some(&prev), &observed("other", 30, 50, 50), MIN, CATCH_UP)), "restart");
-        assert!(cleared(decide(Some(&prev), &observed("r", 42, 50, 50), MIN, CATCH_UP)), "41 trimmed unread");
-        assert!(cleared(decide(Some(&prev), &observed("r", 30, 50, 50), CATCH_UP * 2, CATCH_UP)), "too long");
-        let gone = Observed { run_id: "r".into(), log: None };
-        assert!(matches!(decide(Some(&prev), &gone, MIN, CATCH_UP), Resume::Clear { .. }), "log gone");
-        assert!(matches!(decide(Some(&prev), &observed("r", 0, 30, 30), MIN, CATCH_UP), Resume::Clear { .. }), "log reset");
-        let unknown = Position { added: None, ..prev };
-        assert!(cleared(decide(Some(&unknown), &observed("r", 45, 50, 50), MIN, CATCH_UP)), "no count");
+        assert!(
+            cleared(decide(
+                Some(&prev),
+                &observed("other", 30, 50, 50),
+                MIN,
+                CATCH_UP
+            )),
+            "restart"
+        );
+        assert!(
+            cleared(decide(
+                Some(&prev),
+                &observed("r", 42, 50, 50),
+                MIN,
+                CATCH_UP
+            )),
+            "41 trimmed unread"
+        );
+        assert!(
+            cleared(decide(
+                Some(&prev),
+                &observed("r", 30, 50, 50),
+                CATCH_UP * 2,
+                CATCH_UP
+            )),
+            "too long"
+        );
+        let gone = Observed {
+            run_id: "r".into(),
+            log: None,
+        };
+        assert!(
+            matches!(
+                decide(Some(&prev), &gone, MIN, CATCH_UP),
+                Resume::Clear { .. }
+            ),
+            "log gone"
+        );
+        assert!(
+            matches!(
+                decide(Some(&prev), &observed("r", 0, 30, 30), MIN, CATCH_UP),
+                Resume::Clear { .. }
+            ),
+            "log reset"
+        );
+        let unknown = Position {
+            added: None,
+            ..prev
+        };
+        assert!(
+            cleared(decide(
+                Some(&unknown),
+                &observed("r", 45, 50, 50),
+                MIN,
+                CATCH_UP
+            )),
+            "no count"
+        );
     }
 }

@@ -82,7 +82,8 @@ impl Message {
         }
         let text = |name: &str| -> Result<&str, BadMessage> {
             let v = get(name).ok_or_else(|| BadMessage::Malformed(format!("no `{name}`")))?;
-            std::str::from_utf8(v).map_err(|_| BadMessage::Malformed(format!("`{name}` is not UTF-8")))
+            std::str::from_utf8(v)
+                .map_err(|_| BadMessage::Malformed(format!("`{name}` is not UTF-8")))
         };
         let number = |name: &str| -> Result<u64, BadMessage> {
             let t = text(name)?;
@@ -108,7 +109,9 @@ impl Message {
         }
         let id = text("id")?;
         if !ids.is_valid(id) {
-            return Err(BadMessage::Malformed("`id` does not match profiles.id_pattern".into()));
+            return Err(BadMessage::Malformed(
+                "`id` does not match profiles.id_pattern".into(),
+            ));
         }
         Ok(Message {
             kind,
@@ -195,15 +198,21 @@ mod tests {
                 .map(|&(k, v)| if k == field { (k, value) } else { (k, v) })
                 .collect();
             match Message::parse(&raw(&fields), &ids()) {
-                Err(BadMessage::Malformed(why)) => assert!(why.contains(named), "{field}={value}: {why}"),
+                Err(BadMessage::Malformed(why)) => {
+                    assert!(why.contains(named), "{field}={value}: {why}")
+                }
                 other => panic!("{field}={value}: {other:?}"),
             }
         }
         let mut missing = raw(&ok);
         missing.retain(|(k, _)| k.as_slice() != b"version");
-        assert!(matches!(Message::parse(&missing, &ids()), Err(BadMessage::Malformed(w)) if w.contains("version")));
+        assert!(
+            matches!(Message::parse(&missing, &ids()), Err(BadMessage::Malformed(w)) if w.contains("version"))
+        );
         let mut binary = raw(&ok);
         binary[3].1 = vec![0xff, 0xfe];
-        assert!(matches!(Message::parse(&binary, &ids()), Err(BadMessage::Malformed(w)) if w.contains("UTF-8")));
+        assert!(
+            matches!(Message::parse(&binary, &ids()), Err(BadMessage::Malformed(w)) if w.contains("UTF-8"))
+        );
     }
 }

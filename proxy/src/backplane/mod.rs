@@ -56,7 +56,11 @@ impl Backplane {
             client.clone(),
             ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(settings.connect_timeout.max(std::time::Duration::from_secs(1))))
+                .set_response_timeout(Some(
+                    settings
+                        .connect_timeout
+                        .max(std::time::Duration::from_secs(1)),
+                ))
                 .set_number_of_retries(1),
         )?;
         let log_key = format!("{}:log", settings.channel);
@@ -103,8 +107,10 @@ impl Backplane {
         if self.outbox.push(m) == Pushed::Dropped {
             bump(&self.stats.dropped);
             self.metrics.backplane("sent", "dropped");
-            tracing::error!(max_queued = self.settings.max_queued,
-                "backplane outbox is full; an invalidation is lost for the other instances");
+            tracing::error!(
+                max_queued = self.settings.max_queued,
+                "backplane outbox is full; an invalidation is lost for the other instances"
+            );
         }
     }
 

@@ -93,7 +93,11 @@ impl Publisher {
                 cmd.arg(k).arg(v);
             }
         }
-        let sent = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<String>>(&mut self.conn)).await;
+        let sent = tokio::time::timeout(
+            CALL_TIMEOUT,
+            pipe.query_async::<Vec<String>>(&mut self.conn),
+        )
+        .await;
         match sent {
             Ok(Ok(ids)) => {
                 if let Some(id) = ids.last().and_then(|i| StreamId::parse(i)) {

@@ -86,7 +86,12 @@ impl Subscriber {
     }
 
     /// One connection: resume (replay or clear), then read until it fails.
-    async fn session(&self, position: &mut Option<Position>, down_since: Instant, drain: &Drain) -> End {
+    async fn session(
+        &self,
+        position: &mut Option<Position>,
+        down_since: Instant,
+        drain: &Drain,
+    ) -> End {
         let mut conn = match self.connect().await {
             Ok(c) => c,
             Err(e) => return End::Lost(e),
@@ -95,7 +100,12 @@ impl Subscriber {
             Ok(o) => o,
             Err(e) => return End::Lost(e),
         };
-        let resume = decide(position.as_ref(), &observed, down_since.elapsed(), self.catch_up);
+        let resume = decide(
+            position.as_ref(),
+            &observed,
+            down_since.elapsed(),
+            self.catch_up,
+        );
         if position.is_some() {
             bump(&self.stats.reconnects);
         }
@@ -122,9 +132,10 @@ impl Subscriber {
         };
         let (mut last, mut added) = match resume {
             Resume::Replay { from } => (from, position.as_ref().and_then(|p| p.added)),
-            Resume::Start { from } | Resume::Clear { from, .. } => {
-                (from, Some(observed.log.and_then(|l| l.entries_added).unwrap_or(0)))
-            }
+            Resume::Start { from } | Resume::Clear { from, .. } => (
+                from,
+                Some(observed.log.and_then(|l| l.entries_added).unwrap_or(0)),
+            ),
         };
         *position = Some(Position {
             run_id: observed.run_id.clone(),
@@ -185,7 +196,10 @@ impl Subscriber {
     }
 
     fn clear(&self, reason: &str) {
-        tracing::warn!(reason, "backplane cannot tell which invalidations were missed; clearing the memory tier");
+        tracing::warn!(
+            reason,
+            "backplane cannot tell which invalidations were missed; clearing the memory tier"
+        );
         self.profiles.forget_all();
         bump(&self.stats.memory_clears);
         self.metrics.backplane_memory_clears.inc();
@@ -225,10 +239,15 @@ impl Subscriber {
         if replayed {
             bump(&self.stats.replayed);
         }
-        self.stats.last_message_ms.store(now_ms(), Ordering::Relaxed);
+        self.stats
+            .last_message_ms
+            .store(now_ms(), Ordering::Relaxed);
         self.metrics.backplane("received", "applied");
     }
 }
+
+/// An entry's fields as Redis holds them (bytes, in order).
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// `INFO server`'s run_id and `XINFO STREAM` of the log.
 async fn observe(conn: &mut MultiplexedConnection, key: &str) -> Result<Observed, String> {
@@ -242,7 +261,12 @@ async fn observe(conn: &mut MultiplexedConnection, key: &str) -> Result<Observed
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(|s| s.trim().to_string())
         .ok_or("INFO server has no run_id")?;
-    let log = match redis::cmd("XINFO").arg("STREAM").arg(key).query_async::<Value>(conn).await {
+    let log = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async::<Value>(conn)
+        .await
+    {
         Ok(v) => Some(log_info(&v).ok_or("unexpected XINFO STREAM reply")?),
         Err(e) if e.to_string().contains("no such key") => None,
         Err(e) => return Err(e.to_string()),
@@ -275,7 +299,9 @@ fn log_info(v: &Value) -> Option<LogInfo> {
     let mut first = None;
     for (k, val) in pairs(v) {
         match text(k).as_deref() {
-            Some("last-generated-id") => last_generated = text(val).and_then(|t| StreamId::parse(&t)),
+            Some("last-generated-id") => {
+                last_generated = text(val).and_then(|t| StreamId::parse(&t))
+            }
             Some("entries-added") => entries_added = int(val),
             Some("length") => length = int(val).unwrap_or(0),
             Some("first-entry") => {
@@ -305,22 +331,32 @@ fn int(v: &Value) -> Option<u64> {
 /// The entries of an `XREAD` reply (nil when the block timed out). An entry
 /// whose id cannot be read is skipped; its fields are kept as bytes for
 /// `Message::parse` to judge.
-fn entries_of(v: Value) -> Vec<(StreamId, Vec<(Vec<u8>, Vec<u8>)>)> {
+fn entries_of(v: Value) -> Vec<(StreamId, Fields)> {
     let streams: Vec<Value> = match v {
         Value::Array(s) => s,
-        Value::Map(m) => m.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+        Value::Map(m) => m
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
     for stream in streams {
-        let Value::Array(mut parts) = stream else { continue };
+        let Value::Array(mut parts) = stream else {
+            continue;
+        };
         if parts.len() != 2 {
             continue;
         }
-        let Value::Array(entries) = parts.swap_remove(1) else { continue };
+        let Value::Array(entries) = parts.swap_remove(1) else {
+            continue;
+        };
         for entry in entries {
             let Value::Array(e) = entry else { continue };
-            let (Some(id), Some(fields)) = (e.first().and_then(text).and_then(|t| StreamId::parse(&t)), e.get(1)) else {
+            let (Some(id), Some(fields)) = (
+                e.first().and_then(text).and_then(|t| StreamId::parse(&t)),
+                e.get(1),
+            ) else {
                 continue;
             };
             let fields = match fields {

@@ -93,7 +93,12 @@ impl BackplaneConfig {
                 }
             }
         }
-        if self.channel.is_empty() || self.channel.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if self.channel.is_empty()
+            || self
+                .channel
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             out.push(Problem::new(
                 "backplane.channel",
                 format!("{:?} must be a non-empty name without spaces", self.channel),
@@ -106,7 +111,10 @@ impl BackplaneConfig {
             out.push(Problem::new("backplane.max_queued", "must be at least 1"));
         }
         if self.connect_timeout.is_some_and(|d| d.get().is_zero()) {
-            out.push(Problem::new("backplane.connect_timeout", "must be more than 0"));
+            out.push(Problem::new(
+                "backplane.connect_timeout",
+                "must be more than 0",
+            ));
         }
         out
     }
@@ -142,7 +150,10 @@ mod tests {
     #[test]
     fn each_problem_names_its_key() {
         assert_eq!(keys("[backplane]\n"), vec!["backplane.url"]);
-        assert_eq!(keys("[backplane]\nurl = \"http://x\"\n"), vec!["backplane.url"]);
+        assert_eq!(
+            keys("[backplane]\nurl = \"http://x\"\n"),
+            vec!["backplane.url"]
+        );
         assert_eq!(
             keys("[backplane]\nurl = \"redis://h\"\nchannel = \"a b\"\ncatch_up = \"0s\"\nmax_queued = 0\n"),
             vec!["backplane.channel", "backplane.catch_up", "backplane.max_queued"]

@@ -49,7 +49,12 @@ mod tests {
             br#"[1]"#,
             b"not json",
         ] {
-            assert_eq!(origin_order(body, "version"), 0, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                origin_order(body, "version"),
+                0,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

@@ -549,7 +549,11 @@ struct Refused {
 /// Writes entries to `tiers` (the first `tiers.len()` of the chain), each
 /// under the version this load read in that tier; an id whose version is
 /// not known there (the tier did not answer the read) is not written to it.
-async fn write_shared(tiers: &[Lower], versions: &Versions, entries: &[(String, Entry)]) -> Refused {
+async fn write_shared(
+    tiers: &[Lower],
+    versions: &Versions,
+    entries: &[(String, Entry)],
+) -> Refused {
     let mut refused = Refused::default();
     if entries.is_empty() {
         return refused;
@@ -562,7 +566,13 @@ async fn write_shared(tiers: &[Lower], versions: &Versions, entries: &[(String, 
                 .iter()
                 .filter_map(|(id, e)| {
                     let version = *known.get(id)?;
-                    Some((id.clone(), Entry { version, ..e.clone() }))
+                    Some((
+                        id.clone(),
+                        Entry {
+                            version,
+                            ..e.clone()
+                        },
+                    ))
                 })
                 .collect()
         })

@@ -134,7 +134,10 @@ impl FakeOrigin {
             .or_insert(1) += 1;
     }
     fn set(&self, id: &str, v: u64) {
-        self.versions.lock().expect("lock").insert(id.to_string(), v);
+        self.versions
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), v);
     }
     fn calls(&self) -> usize {
         self.calls.lock().expect("lock").len()
@@ -301,15 +304,33 @@ async fn a_load_on_another_instance_cannot_write_back_after_an_invalidation() {
     assert_eq!(a.tier.reads("u1"), 1);
     // ...when the profile changes and A invalidates it.
     a.origin.bump("u1");
-    assert_eq!(a.profiles.invalidate("u1", "admin").await, 1, "the tombstone's version");
+    assert_eq!(
+        a.profiles.invalidate("u1", "admin").await,
+        1,
+        "the tombstone's version"
+    );
     a.origin.open();
     let loaded = old.await.expect("task").expect("ok");
-    assert_eq!(version(&loaded.entry.body), 2, "B's waiter got the new value");
-    assert_eq!(loaded.entry.version, 1, "loaded under the tombstone's version");
+    assert_eq!(
+        version(&loaded.entry.body),
+        2,
+        "B's waiter got the new value"
+    );
+    assert_eq!(
+        loaded.entry.version, 1,
+        "loaded under the tombstone's version"
+    );
     assert_eq!(a.origin.calls(), 2, "B's refused load was redone once");
-    assert_eq!(version(&a.tier.body("u1")), 2, "no old value in the shared tier");
+    assert_eq!(
+        version(&a.tier.body("u1")),
+        2,
+        "no old value in the shared tier"
+    );
     let again = b.get("u1").await.expect("hit");
-    assert_eq!((again.tier, version(&again.entry.body)), (TierKind::Memory, 2));
+    assert_eq!(
+        (again.tier, version(&again.entry.body)),
+        (TierKind::Memory, 2)
+    );
     a.tasks.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -321,7 +342,10 @@ async fn warm_takes_only_a_value_written_under_the_refresh_version() {
     s.profiles.get("u1").await.expect("v1 everywhere");
     s.origin.bump("u1");
     let v = s.profiles.invalidate("u1", "event").await;
-    s.profiles.get("u1").await.expect("v2 written under the tombstone's version");
+    s.profiles
+        .get("u1")
+        .await
+        .expect("v2 written under the tombstone's version");
     assert_eq!(s.origin.calls(), 2);
     s.profiles.forget("u1");
     s.profiles.warm("u1", v);
@@ -357,7 +381,10 @@ async fn an_older_origin_value_never_replaces_a_newer_one() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(version(&s.tier.body("u1")), 3, "the shared tier kept v3");
-    assert!(s.profiles.chain.load().memory.get("u1").is_none(), "memory did not take v2");
+    assert!(
+        s.profiles.chain.load().memory.get("u1").is_none(),
+        "memory did not take v2"
+    );
     s.tasks.shutdown(Duration::from_secs(1)).await;
 }
 

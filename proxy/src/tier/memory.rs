@@ -63,7 +63,12 @@ impl MemoryTier {
     /// order (false then). Callers hold the id's fence stripe, so the check
     /// and the insert are not raced by another write of the same id.
     pub fn put(&self, id: &str, entry: &Entry) -> bool {
-        if entry.order != 0 && self.cache.get(id).is_some_and(|held| held.order > entry.order) {
+        if entry.order != 0
+            && self
+                .cache
+                .get(id)
+                .is_some_and(|held| held.order > entry.order)
+        {
             return false;
         }
         let now = now_ms();
@@ -138,13 +143,26 @@ mod tests {
         let m = MemoryTier::new(100, Duration::from_secs(100), 0.0, Duration::ZERO);
         let at = |order, body: &'static [u8]| Entry {
             order,
-            ..Entry::from_origin(Some(Bytes::from_static(body)), now_ms(), Duration::from_secs(60))
+            ..Entry::from_origin(
+                Some(Bytes::from_static(body)),
+                now_ms(),
+                Duration::from_secs(60),
+            )
         };
         assert!(m.put("a", &at(5, b"v5")));
         assert!(!m.put("a", &at(4, b"v4")), "older value refused");
-        assert!(m.put("a", &at(5, b"v5 again")), "the same order may rewrite");
-        assert!(m.put("a", &at(0, b"unordered")), "no order: written as before");
-        assert_eq!(m.get("a").and_then(|e| e.body).as_deref(), Some(&b"unordered"[..]));
+        assert!(
+            m.put("a", &at(5, b"v5 again")),
+            "the same order may rewrite"
+        );
+        assert!(
+            m.put("a", &at(0, b"unordered")),
+            "no order: written as before"
+        );
+        assert_eq!(
+            m.get("a").and_then(|e| e.body).as_deref(),
+            Some(&b"unordered"[..])
+        );
         assert!(m.remove("a").is_some());
         assert!(m.put("a", &at(1, b"v1")), "after removal anything goes");
     }

@@ -1,11 +1,12 @@
 //! `tier::codec`: `decode` never panics and only accepts the canonical
-//! encoding (`encode(decode(b)) == b`); any `Entry` round-trips.
+//! encoding (`encode(decode(b)) == b`, tombstones included); any `Entry`
+//! and any tombstone round-trip.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use profile_edge::tier::codec::{decode, encode};
+use profile_edge::tier::codec::{decode, encode, encode_tombstone, Record};
 use profile_edge::tier::Entry;
 
 #[derive(Arbitrary, Debug)]
@@ -14,16 +15,20 @@ struct AnyEntry {
     fetched_at: u64,
     fresh_until: u64,
     stale_until: u64,
+    version: u64,
+    order: u64,
 }
 
 fuzz_target!(|data: &[u8]| {
     // The bytes as a stored value.
-    if let Some(e) = decode(data) {
-        assert_eq!(
-            encode(&e),
-            data,
-            "decode accepted a non-canonical value: {e:?}"
-        );
+    match decode(data) {
+        Some(Record::Value(e)) => {
+            assert_eq!(encode(&e), data, "decode accepted a non-canonical value: {e:?}");
+        }
+        Some(Record::Tombstone { version }) => {
+            assert_eq!(encode_tombstone(version), data, "non-canonical tombstone");
+        }
+        None => {}
     }
     // The same bytes as the recipe for an entry.
     if let Ok(a) = AnyEntry::arbitrary_take_rest(Unstructured::new(data)) {
@@ -32,8 +37,12 @@ fuzz_target!(|data: &[u8]| {
             fetched_at: a.fetched_at,
             fresh_until: a.fresh_until,
             stale_until: a.stale_until,
+            version: a.version,
+            order: a.order,
         };
         let bytes = encode(&e);
-        assert_eq!(decode(&bytes), Some(e), "round trip of {bytes:?}");
+        assert_eq!(decode(&bytes), Some(Record::Value(e)), "round trip of {bytes:?}");
+        let t = encode_tombstone(a.version);
+        assert_eq!(decode(&t), Some(Record::Tombstone { version: a.version }));
     }
 });
