@@ -848,3 +848,172 @@ async fn garbage_on_the_log_is_counted_and_ignored() {
     assert_eq!(fleet.backplane(1).await["connected"], json!(true));
     fleet.shutdown().await;
 }
+
+/// The network between instance 0's backplane and Redis is cut (its Redis
+/// tier is not): its events still tombstone Redis and clear its own
+/// memory, and their messages wait in the outbox, the newest per id. When
+/// the network is back they are sent, once per id, and instance 1 (which
+/// never lost its connection) applies them without clearing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_redis_is_unreachable_are_sent_later() {
+    let sim = sim_origin(10, Duration::ZERO).await;
+    let redis = RedisServer::start().await;
+    let relay = Relay::start(harness_addr(redis.port())).await;
+    let a = instance_config(&sim, &redis, &format!("url = \"{}\"", relay.url()), "");
+    let b = instance_config(&sim, &redis, "", "");
+    let fleet = Fleet::start(&[a, b]).await;
+    let (x, y) = (user_id(1), user_id(2));
+    for id in [&x, &y] {
+        fleet.served(1, id).await;
+    }
+    relay.cut();
+    // x changes twice, y once: three events, two ids.
+    for id in [&x, &x, &y] {
+        assert!(sim.update_user(id));
+        fleet.event(0, id).await;
+    }
+    wait_until("instance 0 has tried and failed to publish", || async {
+        fleet.stat(0, "send_failures").await >= 1
+    })
+    .await;
+    assert_eq!(fleet.stat(0, "queued").await, 2, "newest per id");
+    assert_eq!(
+        fleet.served(1, &x).await.0,
+        1,
+        "instance 1 has not heard yet"
+    );
+    relay.restore();
+    fleet.wait_received(1, 2).await;
+    assert_eq!(fleet.served(1, &x).await.0, 3);
+    assert_eq!(fleet.served(1, &y).await.0, 2);
+    let (a, b) = (fleet.backplane(0).await, fleet.backplane(1).await);
+    assert_eq!(
+        (a["messages_sent"].as_u64(), a["queued"].as_u64()),
+        (Some(2), Some(0)),
+        "{a}"
+    );
+    assert_eq!(b["memory_clears"], json!(0), "{b}");
+    assert_eq!(b["messages_received"], json!(2), "{b}");
+    fleet.shutdown().await;
+}
+
+/// With `profiles.version_field`, the Redis tier's write script refuses a
+/// value of a lower origin order than the one it holds; without it, the
+/// write goes through. The held value is planted stale, so that the proxy
+/// goes to the origin (version 1) and tries to write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_a_newer_origin_value_over_an_older_fill() {
+    use profile_edge::tier::codec::{decode, encode, Record};
+    use profile_edge::tier::Entry;
+    let sim = sim_origin(10, Duration::ZERO).await;
+    let redis = RedisServer::start().await;
+    let mut conn = redis.conn().await;
+    for (field, kept) in [("version_field = \"version\"\n", true), ("", false)] {
+        let app = start_proxy(&profile_config(
+            &sim.officer_url(),
+            &format!(
+                "[profiles]\nid_pattern = \"^[0-9a-f-]{{1,64}}$\"\n{field}\n{}",
+                redis.tier_config()
+            ),
+        ))
+        .await;
+        let id = user_id(5);
+        let key = format!("pe:test:{id}");
+        let now = profile_edge::tier::now_ms();
+        let planted = Entry {
+            body: Some(bytes::Bytes::from(format!(
+                "{{\"id\":\"{id}\",\"version\":9}}"
+            ))),
+            fetched_at: now - 120_000,
+            fresh_until: now - 60_000,
+            stale_until: now + 3_600_000,
+            version: 0,
+            order: 9,
+        };
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(encode(&planted))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (v, tier) = served(&client(), app.main_addr(), &id).await;
+        assert_eq!(
+            (v, tier.as_str()),
+            (1, "origin"),
+            "the origin's answer is served"
+        );
+        let raw: Vec<u8> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let Some(Record::Value(held)) = decode(&raw) else {
+            panic!("not a value: {raw:?}")
+        };
+        let held_version = json(held.body.as_deref().unwrap())["version"].as_u64();
+        if kept {
+            assert_eq!(
+                (held_version, held.order),
+                (Some(9), 9),
+                "the newer value stays"
+            );
+        } else {
+            assert_eq!(held_version, Some(1), "no order: the fill replaces it");
+        }
+        app.shutdown().await;
+    }
+}
+
+/// `[backplane]` added by a reload starts it (tasks running, connected),
+/// and removed by a reload stops it (tasks gone, stats say disabled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_the_backplane_on_and_off() {
+    let sim = sim_origin(10, Duration::ZERO).await;
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("profile-edge.toml");
+    let without = profile_config(&sim.officer_url(), &redis.tier_config());
+    let with = instance_config(&sim, &redis, "", "");
+    std::fs::write(&path, &without).unwrap();
+    let app = start_proxy_from_file(&path).await;
+    let fleet = Fleet {
+        apps: vec![app],
+        client: client(),
+    };
+    let backplane_tasks = |app: &App| {
+        app.state()
+            .tasks
+            .running_names()
+            .into_iter()
+            .filter(|n| n.starts_with("backplane"))
+            .count()
+    };
+    assert_eq!(fleet.backplane(0).await["enabled"], json!(false));
+    assert_eq!(backplane_tasks(&fleet.apps[0]), 0);
+    let reload = format!("http://{}/admin/reload", fleet.admin(0));
+    for (text, on) in [(&with, true), (&without, false)] {
+        std::fs::write(&path, text).unwrap();
+        let (status, _, body) = send(&fleet.client, Method::POST, &reload, &[], "").await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        if on {
+            fleet.wait_connected(0).await;
+            assert_eq!(backplane_tasks(&fleet.apps[0]), 2);
+        } else {
+            wait_until("the backplane tasks stop", || async {
+                backplane_tasks(&fleet.apps[0]) == 0
+            })
+            .await;
+            assert_eq!(fleet.backplane(0).await["enabled"], json!(false));
+            assert_eq!(
+                metric(
+                    &fleet.client,
+                    fleet.admin(0),
+                    "profile_edge_backplane_connected"
+                )
+                .await,
+                0.0
+            );
+        }
+    }
+    fleet.shutdown().await;
+}

@@ -20,10 +20,10 @@ const PLUGIN_BUCKETS: &[f64] = &[
 /// The deadlines a client can run into (`profile_edge_client_timeouts_total`).
 pub const CLIENT_TIMEOUTS: [&str; 4] = ["head", "idle", "write", "body"];
 pub const ROUTES: [&str; 4] = ["profile", "batch", "enrich", "passthrough"];
-/// Propagation across instances: a millisecond on loopback, seconds when a
-/// subscriber replays after a reconnect.
+/// Propagation across instances: under a millisecond on loopback, seconds
+/// when a subscriber replays after a reconnect.
 const PROPAGATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 ];
 /// `profile_edge_backplane_messages_total` label values, registered at start.
 pub const BACKPLANE_OUTCOMES: [(&str, &[&str]); 2] = [

@@ -208,7 +208,7 @@ async fn propagation(
         },
     ));
     sec.notes.push(format!(
-        "Histogram p99 of the slowest instance <= {}: the bound of the bucket it falls in (buckets 0.5, 1, 2.5, 5, 10, 25, 50 ms, ...).",
+        "Histogram p99 of the slowest instance <= {}: the bound of the bucket it falls in (buckets 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50 ms, ...).",
         bound(worst_p99)
     ));
     Ok(())

@@ -77,7 +77,9 @@ impl Subscriber {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        self.set_connected(false);
+        // Stopped: the gauge is left to whoever replaces this backplane (a
+        // new one sets it; `Invalidations` zeroes it when turned off).
+        self.stats.connected.store(false, Ordering::Relaxed);
     }
 
     fn set_connected(&self, on: bool) {

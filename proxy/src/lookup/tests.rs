@@ -83,7 +83,7 @@ impl Tier for FakeTier {
                 if version_of(held) != e.version {
                     return Written::Superseded;
                 }
-                if matches!(held, Some(Record::Value(h)) if h.order > e.order) {
+                if e.order != 0 && matches!(held, Some(Record::Value(h)) if h.order > e.order) {
                     return Written::Older;
                 }
                 map.insert(id.clone(), Record::Value(e.clone()));

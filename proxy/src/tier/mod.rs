@@ -144,8 +144,8 @@ pub enum TierError {
 /// Writes are conditional, which is what keeps an old value out of a tier
 /// shared by many instances: an entry is written only while the id's
 /// version in the tier is still `entry.version` (the one `get_many`
-/// reported when its load began) and the tier holds no value of a higher
-/// origin order. `remove` leaves a mark with the next version, so every
+/// reported when its load began) and, for an entry with an origin order,
+/// the tier holds no value of a higher one. `remove` leaves a mark with the next version, so every
 /// load that started before it fails that test, on any instance.
 #[async_trait::async_trait]
 pub trait Tier: Send + Sync {

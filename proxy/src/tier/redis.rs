@@ -34,8 +34,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Conditional batch write. KEYS: the ids' keys; ARGV, four per key: the
 /// encoded entry, its PX, its version and its origin order (16 hex digits
 /// each, compared as strings). Answers per key 0 written, 1 superseded
-/// (the version there moved on), 2 older (a higher origin order is there).
-/// Anything there that is not a PE2 record counts as version 0, order 0.
+/// (the version there moved on), 2 older (a higher origin order is there;
+/// an entry without an order, 0, is never older). Anything there that is
+/// not a PE2 record counts as version 0, order 0.
 const PUT_SCRIPT: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -48,7 +49,7 @@ for i, key in ipairs(KEYS) do
   end
   if version ~= ARGV[b + 3] then
     out[i] = 1
-  elseif order > ARGV[b + 4] then
+  elseif ARGV[b + 4] ~= '0000000000000000' and order > ARGV[b + 4] then
     out[i] = 2
   else
     redis.call('SET', key, ARGV[b + 1], 'PX', ARGV[b + 2])
