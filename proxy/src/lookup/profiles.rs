@@ -3,9 +3,10 @@
 //! misses join `Flights` (one load per id however many requests want it)
 //! and the owner resolves them through the chain's shared tiers, then the
 //! origin through the batcher, filling the tiers above on the way back.
-//! Every value is published under the id's fence ticket, so a load that an
-//! invalidation superseded never writes the old value to memory, takes it
-//! out of the shared tiers again, and its waiters look the id up again.
+//! Shared-tier writes are conditional on the id's version there as the load
+//! read it, and memory writes go under the id's fence ticket, so a load that
+//! an invalidation superseded (here or on another instance) writes its old
+//! value to neither, and its waiters look the id up again.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
