@@ -121,6 +121,6 @@ impl Backplane {
 
     pub fn stats(&self) -> Value {
         self.stats
-            .json(&self.instance, &self.settings.channel, self.outbox.len())
+            .json(&self.instance, &self.settings.channel, self.outbox.unsent())
     }
 }

@@ -20,6 +20,8 @@ struct Inner {
     /// Per id: the order it was queued in, and the message.
     waiting: HashMap<String, (u64, Message)>,
     next: u64,
+    /// Taken and not yet sent or restored.
+    in_flight: usize,
 }
 
 /// What `push` did.
@@ -77,9 +79,18 @@ impl Outbox {
             .collect();
         all.sort_unstable();
         all.truncate(n);
-        all.into_iter()
+        let taken: Vec<(u64, Message)> = all
+            .into_iter()
             .filter_map(|(_, id)| inner.waiting.remove(&id))
-            .collect()
+            .collect();
+        inner.in_flight += taken.len();
+        taken
+    }
+
+    /// `n` taken messages were sent.
+    pub fn sent(&self, n: usize) {
+        let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(n);
     }
 
     /// Puts back messages that could not be sent, in their old places
@@ -87,6 +98,7 @@ impl Outbox {
     /// same id arrived meanwhile.
     pub fn restore(&self, batch: Vec<(u64, Message)>) {
         let mut inner = self.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(batch.len());
         for (seq, m) in batch {
             if inner.waiting.contains_key(&m.id) {
                 continue;
@@ -97,12 +109,19 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// Messages waiting to be taken.
     pub fn len(&self) -> usize {
         self.lock().waiting.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Messages not yet appended: waiting, and taken by a send in progress.
+    pub fn unsent(&self) -> usize {
+        let inner = self.lock();
+        inner.waiting.len() + inner.in_flight
     }
 
     /// Resolves once something may be waiting (a push since the last take).
@@ -155,8 +174,16 @@ mod tests {
         let failed = o.take(10);
         o.push(m("c", 1));
         o.push(m("b", 2));
+        assert_eq!(o.unsent(), 4, "2 in flight, 2 waiting");
         o.restore(failed);
+        assert_eq!(
+            o.unsent(),
+            3,
+            "a restored, b superseded by its newer message"
+        );
         let out: Vec<Message> = o.take(10).into_iter().map(|(_, m)| m).collect();
         assert_eq!(out, vec![m("a", 1), m("c", 1), m("b", 2)]);
+        o.sent(3);
+        assert_eq!(o.unsent(), 0);
     }
 }

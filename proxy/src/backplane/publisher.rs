@@ -103,6 +103,7 @@ impl Publisher {
                 if let Some(id) = ids.last().and_then(|i| StreamId::parse(i)) {
                     *redis_ms = Some(id.ms);
                 }
+                self.outbox.sent(batch.len());
                 for _ in &batch {
                     bump(&self.stats.sent);
                     self.metrics.backplane("sent", "ok");

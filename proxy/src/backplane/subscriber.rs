@@ -20,9 +20,12 @@ use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::tier::now_ms;
 
-/// How long one `XREAD` blocks in Redis; the connection's response timeout
-/// is this plus the connect budget, so a silent network is noticed.
+/// How long one `XREAD` blocks in Redis. The connection's response timeout
+/// is this plus `READ_SLACK` (or the connect budget, if longer), so a silent
+/// network is noticed within seconds, and a busy machine answering a
+/// finished block late is not mistaken for one.
 const BLOCK: Duration = Duration::from_secs(2);
+const READ_SLACK: Duration = Duration::from_secs(2);
 /// Entries per read.
 const COUNT: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -182,7 +185,7 @@ impl Subscriber {
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(BLOCK + self.connect_timeout));
+            .set_response_timeout(Some(BLOCK + READ_SLACK.max(self.connect_timeout)));
         let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
