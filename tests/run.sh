@@ -14,6 +14,30 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# MongoDB-protocol tests use MONGODB_URI when it is set (a real replica
+# set); otherwise they start SecantusDB, pinned, from a virtualenv here. It
+# is GPL-2.0 and runs only as a separate process, never linked in.
+SECANTUSDB_VERSION=0.7.0b3
+if [ -z "${MONGODB_URI:-}" ]; then
+    venv=target/secantus-venv
+    if ! "$venv/bin/secantusd-py" --help >/dev/null 2>&1 ||
+        [ "$(cat "$venv/.version" 2>/dev/null)" != "$SECANTUSDB_VERSION" ]; then
+        echo "==> installing SecantusDB==$SECANTUSDB_VERSION into $venv"
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c "import ensurepip" >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+        fi
+        rm -rf "$venv"
+        mkdir -p target
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "SecantusDB==$SECANTUSDB_VERSION"
+        echo "$SECANTUSDB_VERSION" > "$venv/.version"
+    fi
+    echo "SecantusDB $SECANTUSDB_VERSION ($venv/bin/secantusd-py)"
+else
+    echo "MongoDB tests use MONGODB_URI"
+fi
+
 echo "==> wasm targets"
 rustup target add wasm32-wasip2 wasm32-unknown-unknown
 

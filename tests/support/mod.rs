@@ -553,3 +553,55 @@ pub async fn wait_for_metric(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A MongoDB-protocol server for a test: `MONGODB_URI`'s when set, else a
+/// SecantusDB process on a free port with its own storage, killed when
+/// dropped (the harness shared with the bench). Fails the test loudly when
+/// it cannot start.
+pub struct MongoServer(pub profile_edge_harness::MongoServer);
+
+impl MongoServer {
+    pub async fn start() -> MongoServer {
+        match profile_edge_harness::MongoServer::start().await {
+            Ok(server) => MongoServer(server),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        self.0.uri()
+    }
+
+    pub fn database(&self) -> &str {
+        self.0.database()
+    }
+
+    /// A driver client for checks and for planting documents.
+    pub async fn client(&self) -> mongodb::Client {
+        let mut opts = mongodb::options::ClientOptions::parse(self.uri())
+            .await
+            .unwrap_or_else(|e| panic!("MongoDB URI {}: {e}", self.uri()));
+        opts.server_selection_timeout = Some(Duration::from_secs(30));
+        mongodb::Client::with_options(opts).unwrap()
+    }
+
+    /// The `[tiers.mongo]` section for a proxy using this server, with
+    /// room in its timeouts (5 s) so that a loaded machine cannot make a
+    /// healthy server look failed.
+    pub fn tier_config(&self) -> String {
+        self.tier_config_with("5s", "5s")
+    }
+
+    /// Short timeouts for tests of a failing server; breaker cooldown 200 ms.
+    pub fn tier_config_fast(&self) -> String {
+        self.tier_config_with("200ms", "300ms")
+    }
+
+    fn tier_config_with(&self, timeout: &str, connect_timeout: &str) -> String {
+        format!(
+            "[tiers.mongo]\nuri = \"{}\"\ndatabase = \"{}\"\ncollection = \"snapshots\"\nttl = \"1h\"\ntimeout = \"{timeout}\"\nconnect_timeout = \"{connect_timeout}\"\nbreaker_cooldown = \"200ms\"\n\n",
+            self.uri(),
+            self.database()
+        )
+    }
+}

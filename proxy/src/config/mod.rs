@@ -24,7 +24,7 @@ pub use log::{parse_filter, LogConfig, LogFormat};
 pub use plugins::{EnrichRoute, InvalidationConfig, OnError, PluginConfig};
 pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};
-pub use tiers::{MemoryTierConfig, RedisTierConfig, TiersConfig};
+pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisTierConfig, TiersConfig};
 pub use upstreams::{parse_base_url, UpstreamConfig, OFFICER};
 
 use std::collections::BTreeMap;
@@ -142,6 +142,9 @@ impl Config {
         out.extend(self.fail_safe.validate());
         if let Some(redis) = &self.tiers.redis {
             out.extend(redis.validate());
+        }
+        if let Some(mongo) = &self.tiers.mongo {
+            out.extend(mongo.validate());
         }
         out.extend(plugins::validate_plugins(&self.plugins));
         out.extend(plugins::validate_enrich(self));

@@ -1,5 +1,5 @@
-//! `[tiers.memory]` and `[tiers.redis]`: the cache tiers in front of the
-//! Officer.
+//! `[tiers.memory]`, `[tiers.redis]` and `[tiers.mongo]`: the cache tiers
+//! in front of the Officer.
 
 use serde::Deserialize;
 
@@ -12,6 +12,33 @@ pub struct TiersConfig {
     pub memory: MemoryTierConfig,
     /// Absent means the Redis tier is off.
     pub redis: Option<RedisTierConfig>,
+    /// Absent means the MongoDB snapshot tier is off.
+    pub mongo: Option<MongoTierConfig>,
+}
+
+/// `[tiers.mongo]`: the snapshot collection, between Redis and the origin.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MongoTierConfig {
+    /// A `mongodb://` or `mongodb+srv://` connection string.
+    pub uri: String,
+    #[serde(default = "defaults::mongo_database")]
+    pub database: String,
+    /// One document per user id.
+    #[serde(default = "defaults::mongo_collection")]
+    pub collection: String,
+    #[serde(default = "defaults::mongo_ttl")]
+    pub ttl: Dur,
+    /// Per-call budget; a slower server counts as a failure.
+    #[serde(default = "defaults::mongo_timeout")]
+    pub timeout: Dur,
+    /// Budget for opening a connection and finding a server to use.
+    #[serde(default = "defaults::mongo_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "defaults::breaker_cooldown")]
+    pub breaker_cooldown: Dur,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -79,6 +106,21 @@ mod defaults {
         3
     }
     pub fn breaker_cooldown() -> Dur {
+        Dur::secs(1)
+    }
+    pub fn mongo_database() -> String {
+        "profile_edge".into()
+    }
+    pub fn mongo_collection() -> String {
+        "user_snapshots".into()
+    }
+    pub fn mongo_ttl() -> Dur {
+        Dur::secs(3600)
+    }
+    pub fn mongo_timeout() -> Dur {
+        Dur::millis(100)
+    }
+    pub fn mongo_connect_timeout() -> Dur {
         Dur::secs(1)
     }
 }
@@ -161,9 +203,130 @@ impl RedisTierConfig {
     }
 }
 
+impl MongoTierConfig {
+    /// Problems under `tiers.mongo.*`, found without connecting.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Err(e) = mongodb::options::ConnectionString::parse(&self.uri) {
+            out.push(Problem::new(
+                "tiers.mongo.uri",
+                format!("{:?}: {e}", redact(&self.uri)),
+            ));
+        }
+        if let Some(why) = bad_database_name(&self.database) {
+            out.push(Problem::new(
+                "tiers.mongo.database",
+                format!("{:?} {why}", self.database),
+            ));
+        }
+        if let Some(why) = bad_collection_name(&self.collection) {
+            out.push(Problem::new(
+                "tiers.mongo.collection",
+                format!("{:?} {why}", self.collection),
+            ));
+        }
+        for (key, d) in [
+            ("tiers.mongo.ttl", self.ttl),
+            ("tiers.mongo.timeout", self.timeout),
+            ("tiers.mongo.connect_timeout", self.connect_timeout),
+        ] {
+            if d.get().is_zero() {
+                out.push(Problem::new(key, "must be more than 0"));
+            }
+        }
+        if self.breaker_failures == 0 {
+            out.push(Problem::new(
+                "tiers.mongo.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        out
+    }
+}
+
+/// A connection string with its password replaced, for error messages.
+pub fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let host_start = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_start].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+/// MongoDB's rules for database names (the stricter, Windows ones, so a
+/// config works on any server).
+pub fn bad_database_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("must not be empty");
+    }
+    if name.len() >= 64 {
+        return Some("must be shorter than 64 bytes");
+    }
+    if name
+        .chars()
+        .any(|c| "/\\. \"$*<>:|?".contains(c) || c == '\0')
+    {
+        return Some("must not contain any of / \\ . space \" $ * < > : | ? or NUL");
+    }
+    None
+}
+
+/// MongoDB's rules for collection names.
+pub fn bad_collection_name(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("must not be empty");
+    }
+    if name.contains('$') || name.contains('\0') {
+        return Some("must not contain $ or NUL");
+    }
+    if name.starts_with("system.") {
+        return Some("must not start with \"system.\"");
+    }
+    if name.len() > 120 {
+        return Some("must be at most 120 bytes");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mongo(extra: &str) -> MongoTierConfig {
+        toml::from_str(&format!(
+            "uri = \"mongodb://127.0.0.1:27017/?directConnection=true\"\n{extra}"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn mongo_keys_are_checked_without_connecting() {
+        assert!(mongo("").validate().is_empty());
+        let keys =
+            |extra| -> Vec<String> { mongo(extra).validate().into_iter().map(|p| p.key).collect() };
+        assert_eq!(keys("database = \"a.b\""), vec!["tiers.mongo.database"]);
+        assert_eq!(
+            keys("collection = \"system.users\""),
+            vec!["tiers.mongo.collection"]
+        );
+        assert_eq!(keys("collection = \"a$b\""), vec!["tiers.mongo.collection"]);
+        assert_eq!(keys("timeout = \"0s\""), vec!["tiers.mongo.timeout"]);
+        let bad_uri: MongoTierConfig =
+            toml::from_str("uri = \"http://user:secret@h\"").expect("parses");
+        let p = bad_uri.validate();
+        assert_eq!(p[0].key, "tiers.mongo.uri");
+        assert!(
+            !p[0].reason.contains("secret"),
+            "the password is not shown: {}",
+            p[0].reason
+        );
+    }
 
     fn redis(extra: &str) -> RedisTierConfig {
         toml::from_str(&format!("url = \"redis://127.0.0.1:6379\"\n{extra}")).expect("parses")

@@ -22,7 +22,10 @@ type BuildTier = fn(&Config, &Tasks) -> Option<Result<Arc<dyn Tier>, Problem>>;
 
 /// The shared tiers below memory, top first, each with the config section
 /// whose change rebuilds it.
-const LOWER_TIERS: &[(&str, BuildTier)] = &[("tiers.redis", crate::tier::redis::build)];
+const LOWER_TIERS: &[(&str, BuildTier)] = &[
+    ("tiers.redis", crate::tier::redis::build),
+    ("tiers.mongo", crate::tier::mongo::build),
+];
 
 /// A shared tier and the section it was built from.
 pub struct Lower {

@@ -4,7 +4,7 @@
 //!
 //! It works at section granularity, with the keys of the config file:
 //! `server`, `admin`, `upstreams` and `upstreams.NAME`, `profiles`,
-//! `coalescing`, `tiers`, `tiers.memory` and `tiers.redis`, `fail_safe`,
+//! `coalescing`, `tiers`, `tiers.memory`, `tiers.redis` and `tiers.mongo`, `fail_safe`,
 //! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`, `log`. A section
 //! that was added or removed counts as changed. It compares config values
 //! only: a certificate or plugin file whose content changed under the same
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Config;
 
 /// The sections without a NAME part, in file order.
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "admin",
     "upstreams",
@@ -25,6 +25,7 @@ const SECTIONS: [&str; 14] = [
     "tiers",
     "tiers.memory",
     "tiers.redis",
+    "tiers.mongo",
     "fail_safe",
     "plugins",
     "enrich",
@@ -61,6 +62,7 @@ impl ConfigDiff {
             ("tiers", old.tiers != new.tiers),
             ("tiers.memory", old.tiers.memory != new.tiers.memory),
             ("tiers.redis", old.tiers.redis != new.tiers.redis),
+            ("tiers.mongo", old.tiers.mongo != new.tiers.mongo),
             ("fail_safe", old.fail_safe != new.fail_safe),
             ("plugins", !diff.plugins.is_empty()),
             ("enrich", old.enrich != new.enrich),

@@ -1,12 +1,15 @@
-//! Cache tiers below the request path: a batch-first `Tier` interface that
-//! memory, Redis (and the MongoDB snapshot tier to come) implement, and the
-//! `Entry` they store. `lookup::chain` lists the tiers the config builds;
+//! Cache tiers below the request path: the batch-first `Tier` interface the
+//! shared tiers (Redis, the MongoDB snapshot collection) implement, memory,
+//! and the `Entry` they store; `guard` is what a remote tier puts around
+//! its calls. `lookup::chain` lists the tiers the config builds;
 //! `lookup` reads them top to bottom and fills upper tiers on the way back.
 //! A new tier is one file here plus one line in that list.
 
 pub mod breaker;
 pub mod codec;
+pub mod guard;
 pub mod memory;
+pub mod mongo;
 pub mod redis;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -13,8 +13,7 @@
 //! those ids read as misses and are not written meanwhile, so a stale
 //! profile cannot come back from Redis when it does.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -22,14 +21,10 @@ use redis::Script;
 
 use super::breaker::Breaker;
 use super::codec::{self, Record};
+use super::guard::{retry_removes, Guard, Pending, Retry};
 use super::{now_ms, Entry, Stored, Tier, TierError, TierKind, Written};
 use crate::config::{Config, Problem, RedisTierConfig};
-use crate::lifecycle::{Drain, Tasks};
-
-/// Most ids remembered for a retried removal; past it the oldest intent is
-/// lost and logged (Redis TTLs still bound how long a value lives).
-const MAX_PENDING_REMOVES: usize = 100_000;
-const RETRY_EVERY: Duration = Duration::from_millis(250);
+use crate::lifecycle::Tasks;
 
 /// Conditional batch write. KEYS: the ids' keys; ARGV, four per key: the
 /// encoded entry, its PX, its version and its origin order (16 hex digits
@@ -81,9 +76,8 @@ pub struct RedisTier {
     prefix: String,
     ttl: Duration,
     max_stale: Duration,
-    timeout: Duration,
-    breaker: Breaker,
-    pending_removes: Mutex<HashSet<String>>,
+    guard: Guard,
+    pending: Pending,
     put_script: Script,
     remove_script: Script,
 }
@@ -111,9 +105,12 @@ impl RedisTier {
             prefix: cfg.key_prefix.clone(),
             ttl: cfg.ttl.get(),
             max_stale,
-            timeout: cfg.timeout.get(),
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.get()),
-            pending_removes: Mutex::new(HashSet::new()),
+            guard: Guard {
+                tier: "redis",
+                timeout: cfg.timeout.get(),
+                breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.get()),
+            },
+            pending: Pending::default(),
             put_script: Script::new(PUT_SCRIPT),
             remove_script: Script::new(REMOVE_SCRIPT),
         });
@@ -129,38 +126,7 @@ impl RedisTier {
     }
 
     pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
-    }
-
-    /// Runs one Redis call under the breaker and the timeout.
-    async fn call<T, F>(&self, f: F) -> Result<T, TierError>
-    where
-        F: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        if !self.breaker.allow() {
-            return Err(TierError::Open { tier: "redis" });
-        }
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => {
-                self.breaker.success();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                self.breaker.failure(&e);
-                Err(TierError::Failed {
-                    tier: "redis",
-                    detail: e.to_string(),
-                })
-            }
-            Err(_) => {
-                self.breaker
-                    .failure(&format_args!("no answer within {:?}", self.timeout));
-                Err(TierError::Timeout {
-                    tier: "redis",
-                    timeout: self.timeout,
-                })
-            }
-        }
+        self.guard.breaker.is_open()
     }
 
     /// Tombstones for the ids, under the breaker and the timeout; answers
@@ -174,31 +140,9 @@ impl RedisTier {
         call.arg(codec::tombstone_head())
             .arg(super::millis(self.ttl + self.max_stale).max(1));
         let mut conn = self.conn.clone();
-        self.call(async move { call.invoke_async::<Vec<u64>>(&mut conn).await })
+        self.guard
+            .call(async move { call.invoke_async::<Vec<u64>>(&mut conn).await })
             .await
-    }
-
-    fn remember_removes(&self, ids: &[String]) {
-        let Ok(mut pending) = self.pending_removes.lock() else {
-            return;
-        };
-        for id in ids {
-            if pending.len() >= MAX_PENDING_REMOVES {
-                tracing::error!(
-                    pending = pending.len(),
-                    "too many Redis removals waiting for Redis; dropping the rest"
-                );
-                break;
-            }
-            pending.insert(id.clone());
-        }
-    }
-
-    fn pending_snapshot(&self) -> Vec<String> {
-        self.pending_removes
-            .lock()
-            .map(|p| p.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 
@@ -213,27 +157,18 @@ pub fn build(cfg: &Config, tasks: &Tasks) -> Option<Result<Arc<dyn Tier>, Proble
     )
 }
 
-/// Retries remembered removals until Redis takes them; stops on the drain
-/// or when the tier is gone (a reload replaced it).
-async fn retry_removes(tier: Weak<RedisTier>, drain: Drain) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(RETRY_EVERY) => {}
-            _ = drain.wait() => return,
-        }
-        let Some(tier) = tier.upgrade() else { return };
-        let ids = tier.pending_snapshot();
-        if ids.is_empty() {
-            continue;
-        }
-        if tier.delete(&ids).await.is_ok() {
-            if let Ok(mut pending) = tier.pending_removes.lock() {
-                for id in &ids {
-                    pending.remove(id);
-                }
-            }
-            tracing::info!(count = ids.len(), "retried Redis removals applied");
-        }
+#[async_trait::async_trait]
+impl Retry for RedisTier {
+    fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn retry_remove(&self, ids: &[String]) -> bool {
+        self.delete(ids).await.is_ok()
     }
 }
 
@@ -256,10 +191,11 @@ impl Tier for RedisTier {
         let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
         let mut conn = self.conn.clone();
         let values: Vec<Option<Vec<u8>>> = self
+            .guard
             .call(async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await })
             .await?;
         let now = now_ms();
-        let pending = self.pending_removes.lock().ok().filter(|p| !p.is_empty());
+        let any_pending = !self.pending.is_empty();
         Ok(ids
             .iter()
             .zip(values)
@@ -272,7 +208,7 @@ impl Tier for RedisTier {
                     Some(Record::Tombstone { version }) => (None, version),
                     None => (None, 0),
                 };
-                if pending.as_ref().is_some_and(|p| p.contains(id)) {
+                if any_pending && self.pending.contains(id) {
                     // Its tombstone is still to be written: nothing here
                     // counts, and writes are refused (see put_many).
                     return Stored {
@@ -288,12 +224,10 @@ impl Tier for RedisTier {
     async fn put_many(&self, entries: &[(String, Entry)]) -> Result<Vec<Written>, TierError> {
         let mut out = vec![Written::Skipped; entries.len()];
         // Ids whose tombstone is still to be written are not written.
-        let send: Vec<usize> = {
-            let pending = self.pending_removes.lock().ok().filter(|p| !p.is_empty());
-            (0..entries.len())
-                .filter(|&i| !pending.as_ref().is_some_and(|p| p.contains(&entries[i].0)))
-                .collect()
-        };
+        let any_pending = !self.pending.is_empty();
+        let send: Vec<usize> = (0..entries.len())
+            .filter(|&i| !(any_pending && self.pending.contains(&entries[i].0)))
+            .collect();
         if send.is_empty() {
             return Ok(out);
         }
@@ -311,6 +245,7 @@ impl Tier for RedisTier {
         }
         let mut conn = self.conn.clone();
         let answers: Vec<u8> = self
+            .guard
             .call(async move { call.invoke_async(&mut conn).await })
             .await?;
         for (&i, a) in send.iter().zip(answers) {
@@ -329,7 +264,7 @@ impl Tier for RedisTier {
         }
         let result = self.delete(ids).await;
         if result.is_err() {
-            self.remember_removes(ids);
+            self.pending.remember("redis", ids);
         }
         result
     }

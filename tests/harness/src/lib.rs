@@ -1,6 +1,7 @@
 //! Child processes shared by the integration tests (`tests/`) and the bench
 //! (`bench/`): a real `redis-server` on a free loopback port, started and
-//! stopped by the caller, and the free-port helper both use.
+//! stopped by the caller, a MongoDB-protocol server (`mongo`), and the
+//! free-port helper they use.
 //!
 //! Failures are loud: when `redis-server` is missing, exits at start-up or
 //! does not answer `PING`, the error says so and carries the tail of its log.
@@ -16,6 +17,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod mongo;
+pub use mongo::{MongoServer, SECANTUSDB_VERSION};
 
 /// How long a starting `redis-server` gets to answer `PING`. It normally
 /// takes milliseconds; the room is for a loaded machine.

@@ -1,0 +1,198 @@
+//! A MongoDB-protocol server for tests and the bench. With `MONGODB_URI`
+//! set, that server (a real replica set, say), with a database of the
+//! caller's own; otherwise a SecantusDB process (`secantusd-py`, a server
+//! speaking the MongoDB wire protocol over WiredTiger, GPL-2.0, run only
+//! as a separate process) on a free loopback port with storage of its own.
+//!
+//! `secantusd-py` is looked up in `SECANTUSD`, then in the virtualenv
+//! `tests/run.sh` makes (`target/secantus-venv`), then on `PATH`. When it
+//! is missing, exits at start-up or does not answer, the error says so
+//! with the tail of its log.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, loopback};
+
+/// A cold SecantusDB (a Python process) takes a second or two; the room is
+/// for a loaded machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pinned server version `tests/run.sh` installs.
+pub const SECANTUSDB_VERSION: &str = "0.7.0b3";
+
+static NEXT_DB: AtomicU64 = AtomicU64::new(0);
+
+pub struct MongoServer {
+    uri: String,
+    /// A database name unique to this server handle.
+    database: String,
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl MongoServer {
+    /// `MONGODB_URI`'s server, or a fresh SecantusDB.
+    pub async fn start() -> io::Result<MongoServer> {
+        let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+        let database = format!("pe_test_{}_{n}", std::process::id());
+        if let Ok(uri) = std::env::var("MONGODB_URI") {
+            if !uri.trim().is_empty() {
+                return Ok(MongoServer {
+                    uri,
+                    database,
+                    port: 0,
+                    child: None,
+                    dir: PathBuf::new(),
+                    _tmp: None,
+                });
+            }
+        }
+        let tmp = tempfile::Builder::new().prefix("secantus-").tempdir()?;
+        let mut server = MongoServer {
+            uri: String::new(),
+            database,
+            port: free_port()?,
+            child: None,
+            dir: tmp.path().to_path_buf(),
+            _tmp: Some(tmp),
+        };
+        server.uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// A connection string for the driver.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// A database name no other handle in this process uses.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Whether this is a server the harness started (so `kill` and
+    /// `restart` can act on it).
+    pub fn is_local(&self) -> bool {
+        self._tmp.is_some()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("secantusd.log")
+    }
+
+    /// Kills it (SIGKILL): to the proxy, a crashed server. Its data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it if running and starts it again on the same port, on the
+    /// same storage.
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> io::Result<()> {
+        let bin = secantusd()?;
+        let log = self.log_path();
+        let out = File::create(&log)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", log.display())))?;
+        let err = out.try_clone()?;
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(self.dir.join("data"))
+            .args(["--log-level", "WARNING"])
+            // Its own directory: no secantusd.toml of the caller's is found.
+            .current_dir(&self.dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot start {} ({e})", bin.display()))
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "secantusd-py on port {} exited at start-up ({status}):\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            if tokio::net::TcpStream::connect(loopback(self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(io::Error::other(format!(
+                    "secantusd-py on port {} did not listen within {START_TIMEOUT:?}:\n{}",
+                    self.port,
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where `secantusd-py` is, or why it cannot be found.
+fn secantusd() -> io::Result<PathBuf> {
+    if let Ok(p) = std::env::var("SECANTUSD") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/secantus-venv/bin/secantusd-py");
+    if venv.exists() {
+        return Ok(venv);
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("secantusd-py"))
+        .find(|p| p.exists());
+    on_path.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "secantusd-py not found (SECANTUSD, {}, PATH) and MONGODB_URI is not set: \
+                 run `bash tests/run.sh`, which installs SecantusDB=={SECANTUSDB_VERSION} into target/secantus-venv",
+                venv.display()
+            ),
+        )
+    })
+}
