@@ -25,6 +25,13 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// What the tier adds to its `/admin/stats` object.
+    pub fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("breaker_open".into(), self.breaker.is_open().into());
+        m
+    }
+
     /// Runs one call under the breaker and the timeout.
     pub async fn call<T, E: Display>(
         &self,

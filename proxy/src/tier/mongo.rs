@@ -82,10 +82,6 @@ impl MongoTier {
         tier
     }
 
-    pub fn breaker_open(&self) -> bool {
-        self.guard.breaker.is_open()
-    }
-
     async fn client(&self) -> Result<&Client, mongodb::error::Error> {
         self.client
             .get_or_try_init(|| async {
@@ -256,9 +252,7 @@ impl Tier for MongoTier {
     }
 
     fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("breaker_open".into(), self.breaker_open().into());
-        m
+        self.guard.stats()
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {

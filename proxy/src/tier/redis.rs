@@ -125,10 +125,6 @@ impl RedisTier {
         format!("{}{id}", self.prefix)
     }
 
-    pub fn breaker_open(&self) -> bool {
-        self.guard.breaker.is_open()
-    }
-
     /// Tombstones for the ids, under the breaker and the timeout; answers
     /// their new versions. A tombstone lives as long as a value could (TTL
     /// plus the fail-safe window), far longer than any load.
@@ -179,9 +175,7 @@ impl Tier for RedisTier {
     }
 
     fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("breaker_open".into(), self.breaker_open().into());
-        m
+        self.guard.stats()
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {

@@ -7,18 +7,18 @@
 //! does not answer `PING`, the error says so and carries the tail of its log.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod child;
 mod mongo;
+use child::ChildServer;
 pub use mongo::{MongoServer, SECANTUSDB_VERSION};
 
 /// How long a starting `redis-server` gets to answer `PING`. It normally
@@ -50,11 +50,9 @@ pub fn loopback(port: u16) -> SocketAddr {
 }
 
 /// A `redis-server` without persistence on a free loopback port, in its own
-/// process group (a Ctrl-C meant for the caller does not reach it). Killed
-/// (SIGKILL) when dropped.
+/// process group. Killed (SIGKILL) when dropped.
 pub struct RedisServer {
-    port: u16,
-    child: Option<Child>,
+    server: ChildServer,
     dir: PathBuf,
     /// Set when the server lives in a temp dir of its own.
     _tmp: Option<tempfile::TempDir>,
@@ -77,14 +75,13 @@ impl RedisServer {
 
     async fn launch(dir: PathBuf, tmp: Option<tempfile::TempDir>) -> io::Result<RedisServer> {
         let mut server = RedisServer {
-            port: 0,
-            child: None,
+            server: ChildServer::new("redis-server", 0, dir.join("redis.log")),
             dir,
             _tmp: tmp,
         };
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            server.port = free_port()?;
+            server.server.port = free_port()?;
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 Err(e) => last_err = Some(e),
@@ -94,24 +91,21 @@ impl RedisServer {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://127.0.0.1:{}/", self.port())
     }
 
     /// Where its stdout and stderr go.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("redis.log")
+        self.server.log.clone()
     }
 
     /// Kills it now (SIGKILL): to the proxy, a crashed Redis.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.server.kill();
     }
 
     /// Kills it if running and starts it again, empty, on the same port.
@@ -121,70 +115,26 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) -> io::Result<()> {
-        let log = self.log_path();
-        let out = File::create(&log)
-            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", log.display())))?;
-        let err = out.try_clone()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port().to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&self.dir)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
+            .arg(&self.dir);
+        self.server
+            .spawn(&mut cmd, START_TIMEOUT, Duration::from_millis(20), ping)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => io::Error::new(
                     e.kind(),
-                    format!(
-                        "cannot start redis-server ({e}); install it \
-                         (apt-get install -y redis-server; tests/run.sh does)"
-                    ),
-                )
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(io::Error::other(format!(
-                    "redis-server on port {} exited at start-up ({status}):\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            if ping(self.port).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(io::Error::other(format!(
-                    "redis-server on port {} did not answer PING within {START_TIMEOUT:?}:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                    format!("{e}; install it (apt-get install -y redis-server; tests/run.sh does)"),
+                ),
+                _ => e,
+            })
     }
 
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.log_tail()
     }
 }
 

@@ -9,14 +9,13 @@
 //! is missing, exits at start-up or does not answer, the error says so
 //! with the tail of its log.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::child::ChildServer;
 use crate::{free_port, loopback};
 
 /// A cold SecantusDB (a Python process) takes a second or two; the room is
@@ -31,8 +30,8 @@ pub struct MongoServer {
     uri: String,
     /// A database name unique to this server handle.
     database: String,
-    port: u16,
-    child: Option<Child>,
+    /// `None` for `MONGODB_URI`'s server.
+    server: Option<ChildServer>,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -42,28 +41,32 @@ impl MongoServer {
     pub async fn start() -> io::Result<MongoServer> {
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
         let database = format!("pe_test_{}_{n}", std::process::id());
-        if let Ok(uri) = std::env::var("MONGODB_URI") {
-            if !uri.trim().is_empty() {
-                return Ok(MongoServer {
-                    uri,
-                    database,
-                    port: 0,
-                    child: None,
-                    dir: PathBuf::new(),
-                    _tmp: None,
-                });
-            }
+        if let Some(uri) = std::env::var("MONGODB_URI")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+        {
+            return Ok(MongoServer {
+                uri,
+                database,
+                server: None,
+                dir: PathBuf::new(),
+                _tmp: None,
+            });
         }
         let tmp = tempfile::Builder::new().prefix("secantus-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let port = free_port()?;
         let mut server = MongoServer {
-            uri: String::new(),
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
             database,
-            port: free_port()?,
-            child: None,
-            dir: tmp.path().to_path_buf(),
+            server: Some(ChildServer::new(
+                "secantusd-py",
+                port,
+                dir.join("secantusd.log"),
+            )),
+            dir,
             _tmp: Some(tmp),
         };
-        server.uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", server.port);
         server.spawn().await?;
         Ok(server)
     }
@@ -81,18 +84,13 @@ impl MongoServer {
     /// Whether this is a server the harness started (so `kill` and
     /// `restart` can act on it).
     pub fn is_local(&self) -> bool {
-        self._tmp.is_some()
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("secantusd.log")
+        self.server.is_some()
     }
 
     /// Kills it (SIGKILL): to the proxy, a crashed server. Its data stays.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(s) = self.server.as_mut() {
+            s.kill();
         }
     }
 
@@ -105,68 +103,28 @@ impl MongoServer {
 
     async fn spawn(&mut self) -> io::Result<()> {
         let bin = secantusd()?;
-        let log = self.log_path();
-        let out = File::create(&log)
-            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", log.display())))?;
-        let err = out.try_clone()?;
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+        let data = self.dir.join("data");
+        let dir = self.dir.clone();
+        let Some(server) = self.server.as_mut() else {
+            return Err(io::Error::other(
+                "MONGODB_URI's server is not ours to start",
+            ));
+        };
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &server.port.to_string()])
             .arg("--storage-path")
-            .arg(self.dir.join("data"))
+            .arg(data)
             .args(["--log-level", "WARNING"])
             // Its own directory: no secantusd.toml of the caller's is found.
-            .current_dir(&self.dir)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot start {} ({e})", bin.display()))
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Err(io::Error::other(format!(
-                    "secantusd-py on port {} exited at start-up ({status}):\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            if tokio::net::TcpStream::connect(loopback(self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(io::Error::other(format!(
-                    "secantusd-py on port {} did not listen within {START_TIMEOUT:?}:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-}
-
-impl Drop for MongoServer {
-    fn drop(&mut self) {
-        self.kill();
+            .current_dir(dir);
+        server
+            .spawn(
+                &mut cmd,
+                START_TIMEOUT,
+                Duration::from_millis(50),
+                |port| async move { tokio::net::TcpStream::connect(loopback(port)).await.is_ok() },
+            )
+            .await
     }
 }
 
