@@ -96,6 +96,15 @@ impl Pending {
         !pending.is_empty() && pending.contains(id)
     }
 
+    /// The indexes of `entries` that may be written: not those whose
+    /// removal is still waiting (their tombstone must land first).
+    pub fn writable<T>(&self, entries: &[(String, T)]) -> Vec<usize> {
+        let pending = self.lock();
+        (0..entries.len())
+            .filter(|&i| pending.is_empty() || !pending.contains(&entries[i].0))
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }

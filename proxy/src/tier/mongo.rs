@@ -294,10 +294,7 @@ impl Tier for MongoTier {
 
     async fn put_many(&self, entries: &[(String, Entry)]) -> Result<Vec<Written>, TierError> {
         let mut out = vec![Written::Skipped; entries.len()];
-        let any_pending = !self.pending.is_empty();
-        let send: Vec<usize> = (0..entries.len())
-            .filter(|&i| !(any_pending && self.pending.contains(&entries[i].0)))
-            .collect();
+        let send = self.pending.writable(entries);
         if send.is_empty() {
             return Ok(out);
         }

@@ -217,11 +217,7 @@ impl Tier for RedisTier {
 
     async fn put_many(&self, entries: &[(String, Entry)]) -> Result<Vec<Written>, TierError> {
         let mut out = vec![Written::Skipped; entries.len()];
-        // Ids whose tombstone is still to be written are not written.
-        let any_pending = !self.pending.is_empty();
-        let send: Vec<usize> = (0..entries.len())
-            .filter(|&i| !(any_pending && self.pending.contains(&entries[i].0)))
-            .collect();
+        let send = self.pending.writable(entries);
         if send.is_empty() {
             return Ok(out);
         }
