@@ -100,6 +100,8 @@ impl App {
                     .collect(),
             }));
         }
+        // Watchers apply changes through the policies loaded above.
+        state.streams.start(&state);
         let server = &rt.config.server;
         let (stop_main, stop_main_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);

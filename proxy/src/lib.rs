@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;
+pub mod mongo;
 pub mod origin;
 pub mod plugin;
 pub mod reload;

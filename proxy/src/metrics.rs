@@ -60,6 +60,15 @@ pub struct Metrics {
     /// Beyond the contract: memory tiers cleared because the backplane
     /// could not tell what this instance missed.
     pub backplane_memory_clears: IntCounter,
+    /// Change-stream events by stream and operation (insert, update,
+    /// replace, delete, drop, rename, dropDatabase, invalidate, or
+    /// bad-document for one whose id could not be used).
+    pub change_stream_events: IntCounterVec,
+    /// Beyond the contract: change streams started over from now, by stream
+    /// and reason (history-lost, invalidate); each cleared every tier.
+    pub change_stream_restarts: IntCounterVec,
+    /// Stored posts whose author snapshot was rewritten.
+    pub post_snapshots_refreshed: IntCounter,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -169,6 +178,22 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric(e));
 
+        let change_stream_events = counter_vec(
+            "profile_edge_change_stream_events_total",
+            "Change-stream events by stream and operation (bad-document: skipped, its id unusable).",
+            &["stream", "operation"],
+        );
+        let change_stream_restarts = counter_vec(
+            "profile_edge_change_stream_restarts_total",
+            "Change streams started over from now after every tier was cleared, by stream and reason (history-lost|invalidate).",
+            &["stream", "reason"],
+        );
+        let post_snapshots_refreshed = IntCounter::new(
+            "profile_edge_post_snapshots_refreshed_total",
+            "Stored posts whose author snapshot was rewritten by refresh-post-snapshots.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+
         for tier in ["memory", "redis", "mongo", "origin"] {
             for result in ["hit", "miss"] {
                 lookups.with_label_values(&[tier, result]);
@@ -179,7 +204,7 @@ impl Metrics {
                 reloads.with_label_values(&[kind, outcome]);
             }
         }
-        for source in ["admin", "event"] {
+        for source in ["admin", "event", "change-stream"] {
             invalidations.with_label_values(&[source]);
         }
         for kind in ["single", "batch", "passthrough"] {
@@ -209,6 +234,9 @@ impl Metrics {
             backplane_connected,
             invalidation_propagation,
             backplane_memory_clears,
+            change_stream_events,
+            change_stream_restarts,
+            post_snapshots_refreshed,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -229,6 +257,9 @@ impl Metrics {
             Box::new(m.backplane_connected.clone()),
             Box::new(m.invalidation_propagation.clone()),
             Box::new(m.backplane_memory_clears.clone()),
+            Box::new(m.change_stream_events.clone()),
+            Box::new(m.change_stream_restarts.clone()),
+            Box::new(m.post_snapshots_refreshed.clone()),
         ];
         for c in collectors {
             m.registry

@@ -18,6 +18,8 @@ use crate::invalidation::Invalidations;
 use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
+use crate::mongo::change_stream::ChangeStreams;
+use crate::mongo::post_snapshots::PostSnapshots;
 use crate::plugin::registry::Plugins;
 
 /// Everything derived from one config file, built before it is published.
@@ -106,6 +108,11 @@ pub struct State {
     pub invalidations: Arc<Invalidations>,
     /// The WebAssembly policies the config names. Lives across reloads.
     pub plugins: Arc<Plugins>,
+    /// Where `refresh-post-snapshots` writes. Lives across reloads.
+    pub posts: PostSnapshots,
+    /// The `[[change_streams]]` watchers; started by `App` once the state
+    /// is shared. Lives across reloads.
+    pub streams: ChangeStreams,
     ready: AtomicBool,
     /// Every background task; drained by `App::shutdown`.
     pub tasks: Tasks,
@@ -150,7 +157,11 @@ impl State {
             file: "(plugins)".into(),
             problems: vec![Problem::new("plugins", e.to_string())],
         })?;
+        let posts = PostSnapshots::new(&runtime.config, metrics.clone());
+        let streams = ChangeStreams::new(metrics.clone(), tasks.clone());
         Ok(State {
+            posts,
+            streams,
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             profiles,

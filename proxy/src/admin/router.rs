@@ -90,6 +90,8 @@ impl AdminRouter {
                 stats["ready"] = json!(self.state.is_ready());
                 stats["plugins"] = self.state.plugins.versions();
                 stats["backplane"] = self.state.invalidations.stats();
+                stats["change_streams"] = self.state.streams.stats();
+                stats["post_snapshots"] = self.state.posts.stats();
                 Ok(json_response(StatusCode::OK, &stats))
             }
             (Method::GET, "/admin/plugins") => {

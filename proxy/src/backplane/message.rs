@@ -20,6 +20,8 @@ pub enum Kind {
     /// Drop it, and re-read it if memory held it: the sender loaded the new
     /// value under `version`.
     Refresh,
+    /// Drop everything (a change stream lost its history); `id` is empty.
+    Clear,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
         match self {
             Kind::Invalidate => "invalidate",
             Kind::Refresh => "refresh",
+            Kind::Clear => "clear",
         }
     }
 }
@@ -96,6 +99,7 @@ impl Message {
         let kind = match text("kind")? {
             "invalidate" => Kind::Invalidate,
             "refresh" => Kind::Refresh,
+            "clear" => Kind::Clear,
             other => {
                 return Err(BadMessage::Malformed(format!(
                     "unknown kind {:?}",
@@ -108,7 +112,13 @@ impl Message {
             return Err(BadMessage::Malformed("bad `from`".into()));
         }
         let id = text("id")?;
-        if !ids.is_valid(id) {
+        if kind == Kind::Clear {
+            if !id.is_empty() {
+                return Err(BadMessage::Malformed(
+                    "`id` of a clear must be empty".into(),
+                ));
+            }
+        } else if !ids.is_valid(id) {
             return Err(BadMessage::Malformed(
                 "`id` does not match profiles.id_pattern".into(),
             ));
@@ -159,6 +169,35 @@ mod tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
         assert_eq!(Message::parse(&fields, &ids()), Ok(m));
+    }
+
+    #[test]
+    fn a_clear_names_no_id() {
+        let clear = Message {
+            kind: Kind::Clear,
+            id: String::new(),
+            ..message()
+        };
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = clear
+            .fields()
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(Message::parse(&fields, &ids()), Ok(clear));
+        let with_id: Vec<(Vec<u8>, Vec<u8>)> = fields
+            .into_iter()
+            .map(|(k, v)| {
+                if k == b"id" {
+                    (k, b"ab1".to_vec())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        assert!(matches!(
+            Message::parse(&with_id, &ids()),
+            Err(BadMessage::Malformed(w)) if w.contains("clear")
+        ));
     }
 
     #[test]

@@ -232,9 +232,18 @@ impl Subscriber {
             self.metrics.backplane("received", "own");
             return;
         }
-        let held = self.profiles.forget(&m.id);
-        if m.kind == Kind::Refresh && held.is_some() {
-            self.profiles.warm(&m.id, m.version);
+        match m.kind {
+            Kind::Clear => {
+                tracing::warn!(from = %m.from,
+                    "another instance cleared every tier (a change stream lost its history); clearing the memory tier");
+                self.profiles.forget_all();
+            }
+            Kind::Invalidate | Kind::Refresh => {
+                let held = self.profiles.forget(&m.id);
+                if m.kind == Kind::Refresh && held.is_some() {
+                    self.profiles.warm(&m.id, m.version);
+                }
+            }
         }
         let now_us = now_ms().saturating_mul(1000);
         self.metrics

@@ -7,10 +7,12 @@
 
 mod admin;
 mod backplane;
+mod change_streams;
 mod coalescing;
 mod fail_safe;
 mod log;
 mod plugins;
+mod post_snapshots;
 mod profiles;
 mod server;
 mod tiers;
@@ -18,10 +20,12 @@ mod upstreams;
 
 pub use admin::AdminConfig;
 pub use backplane::{BackplaneConfig, BackplaneSettings};
+pub use change_streams::{ChangeStreamConfig, StreamKind};
 pub use coalescing::CoalescingConfig;
 pub use fail_safe::FailSafeConfig;
 pub use log::{parse_filter, LogConfig, LogFormat};
 pub use plugins::{EnrichRoute, InvalidationConfig, OnError, PluginConfig};
+pub use post_snapshots::PostSnapshotsConfig;
 pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisTierConfig, TiersConfig};
@@ -48,6 +52,8 @@ pub struct Config {
     pub enrich: Vec<EnrichRoute>,
     pub invalidation: Option<InvalidationConfig>,
     pub backplane: Option<BackplaneConfig>,
+    pub change_streams: Vec<ChangeStreamConfig>,
+    pub post_snapshots: Option<PostSnapshotsConfig>,
     pub log: LogConfig,
 }
 
@@ -153,6 +159,10 @@ impl Config {
         }
         if let Some(b) = &self.backplane {
             out.extend(b.validate(self));
+        }
+        out.extend(change_streams::validate_change_streams(self));
+        if let Some(p) = &self.post_snapshots {
+            out.extend(p.validate(self));
         }
         out.extend(self.log.validate());
         out

@@ -1,8 +1,11 @@
 //! Every invalidation goes through here, whatever its source (admin purge,
-//! `/admin/events` and its policy's actions, change streams to come): the
+//! `/admin/events` and its policy's actions, change streams): the
 //! local half (`Profiles::invalidate`: tombstones in the shared tiers, this
 //! instance's fence and memory), then one message on the backplane, so the
-//! other instances' memory follows.
+//! other instances' memory follows. `policy` turns events into those
+//! invalidations.
+
+pub mod policy;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -92,6 +95,26 @@ impl Invalidations {
         let loaded = self.profiles.get(id).await;
         self.publish(Kind::Refresh, id, version, at_us);
         loaded
+    }
+
+    /// Removes every id from every tier here and from memory everywhere
+    /// (a change stream lost its history, or its collection was dropped).
+    /// Answers per shared tier how many ids were marked, or the error.
+    pub async fn invalidate_all(&self, source: &str) -> Value {
+        let at_us = now_us();
+        let done = self.profiles.invalidate_all(source).await;
+        self.publish(Kind::Clear, "", 0, at_us);
+        let tiers: serde_json::Map<String, Value> = done
+            .into_iter()
+            .map(|(kind, r)| {
+                let v = match r {
+                    Ok(n) => json!({"marked": n}),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                (kind.as_str().to_string(), v)
+            })
+            .collect();
+        Value::Object(tiers)
     }
 
     fn publish(&self, kind: Kind, id: &str, version: u64, at_us: u64) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::profiles::Mode;
 use super::Profiles;
-use crate::tier::Entry;
+use crate::tier::{Entry, TierError, TierKind};
 
 impl Profiles {
     /// Removes `id` from every tier; `source` is the
@@ -42,6 +42,30 @@ impl Profiles {
             .with_label_values(&[source])
             .inc();
         version.unwrap_or(0)
+    }
+
+    /// Removes every id from every tier (a change stream lost its history):
+    /// the shared tiers' marks first, then this instance's fence and
+    /// memory, as for one id. Answers, per shared tier, how many ids were
+    /// marked or why it could not be done (that tier then keeps what it
+    /// has until its TTL: it cannot remember "everything" as pending).
+    pub async fn invalidate_all(&self, source: &str) -> Vec<(TierKind, Result<u64, TierError>)> {
+        let chain = self.chain.load_full();
+        let mut done = Vec::new();
+        for tier in chain.lower_tiers() {
+            let result = tier.remove_all().await;
+            if let Err(e) = &result {
+                tracing::error!(tier = tier.kind().as_str(), error = %e,
+                    "could not clear the tier; its values expire with its TTL");
+            }
+            done.push((tier.kind(), result));
+        }
+        self.forget_all();
+        self.metrics
+            .invalidations
+            .with_label_values(&[source])
+            .inc();
+        done
     }
 
     /// This instance's half of an invalidation: loads in flight for `id`

@@ -102,6 +102,10 @@ impl Tier for FakeTier {
             })
             .collect())
     }
+    async fn remove_all(&self) -> Result<u64, TierError> {
+        let ids: Vec<String> = self.map.lock().expect("lock").keys().cloned().collect();
+        Ok(self.remove(&ids).await?.len() as u64)
+    }
 }
 
 /// The Officer as a version counter per id: a profile is

@@ -5,7 +5,8 @@
 //! It works at section granularity, with the keys of the config file:
 //! `server`, `admin`, `upstreams` and `upstreams.NAME`, `profiles`,
 //! `coalescing`, `tiers`, `tiers.memory`, `tiers.redis` and `tiers.mongo`, `fail_safe`,
-//! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`, `log`. A section
+//! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`,
+//! `change_streams`, `post_snapshots`, `log`. A section
 //! that was added or removed counts as changed. It compares config values
 //! only: a certificate or plugin file whose content changed under the same
 //! path is not in it (certificates are re-read on every reload, plugin
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Config;
 
 /// The sections without a NAME part, in file order.
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 17] = [
     "server",
     "admin",
     "upstreams",
@@ -31,6 +32,8 @@ const SECTIONS: [&str; 15] = [
     "enrich",
     "invalidation",
     "backplane",
+    "change_streams",
+    "post_snapshots",
     "log",
 ];
 
@@ -68,6 +71,8 @@ impl ConfigDiff {
             ("enrich", old.enrich != new.enrich),
             ("invalidation", old.invalidation != new.invalidation),
             ("backplane", old.backplane != new.backplane),
+            ("change_streams", old.change_streams != new.change_streams),
+            ("post_snapshots", old.post_snapshots != new.post_snapshots),
             ("log", old.log != new.log),
         ];
         for (key, changed) in sections {

@@ -133,6 +133,8 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             problems: vec![p],
         });
     }
+    state.posts.reconfigure(&runtime.config);
+    state.streams.apply(&runtime.config);
     staged.commit();
     let warnings: Vec<String> = opened_admin(&state.runtime(), &runtime)
         .into_iter()

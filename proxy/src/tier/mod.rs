@@ -171,6 +171,13 @@ pub trait Tier: Send + Sync {
     /// Removes ids (invalidation), leaving each a mark with its next
     /// version; answers those versions, in order.
     async fn remove(&self, ids: &[String]) -> Result<Vec<u64>, TierError>;
+
+    /// Removes every id the tier holds, leaving marks as `remove` does, so
+    /// that no load in flight can write its value back (a change stream lost
+    /// its history: nothing cached can be trusted). Answers how many ids
+    /// were marked. It walks the whole tier, so it is bounded per round
+    /// trip, not as a whole.
+    async fn remove_all(&self) -> Result<u64, TierError>;
 }
 
 pub fn now_ms() -> u64 {

@@ -24,15 +24,15 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, DateTime, Document};
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
-use tokio::sync::OnceCell;
 
 use super::breaker::Breaker;
 use super::guard::{retry_removes, Guard, Pending, Retry};
 use super::{now_ms, Entry, Stored, Tier, TierError, TierKind, Written};
 use crate::config::{Config, MongoTierConfig, Problem};
 use crate::lifecycle::{Drain, Tasks};
+use crate::mongo::client::LazyClient;
 
 const FOUND: &str = "found";
 const NOT_FOUND: &str = "not_found";
@@ -43,13 +43,12 @@ const DUPLICATE_KEY: i32 = 11000;
 const INDEX_RETRY: Duration = Duration::from_secs(2);
 
 pub struct MongoTier {
-    uri: String,
     database: String,
     collection: String,
     ttl: Duration,
     max_stale: Duration,
     connect_timeout: Duration,
-    client: OnceCell<Client>,
+    client: LazyClient,
     guard: Guard,
     pending: Pending,
 }
@@ -59,13 +58,12 @@ impl MongoTier {
     /// runtime (it starts the index and retry tasks).
     pub fn new(cfg: &MongoTierConfig, max_stale: Duration, tasks: &Tasks) -> Arc<MongoTier> {
         let tier = Arc::new(MongoTier {
-            uri: cfg.uri.clone(),
             database: cfg.database.clone(),
             collection: cfg.collection.clone(),
             ttl: cfg.ttl.get(),
             max_stale,
             connect_timeout: cfg.connect_timeout.get(),
-            client: OnceCell::new(),
+            client: LazyClient::new(&cfg.uri, cfg.connect_timeout.get()),
             guard: Guard {
                 tier: "mongo",
                 timeout: cfg.timeout.get(),
@@ -83,16 +81,7 @@ impl MongoTier {
     }
 
     async fn client(&self) -> Result<&Client, mongodb::error::Error> {
-        self.client
-            .get_or_try_init(|| async {
-                let mut opts = ClientOptions::parse(&self.uri).await?;
-                opts.app_name = Some("profile-edge".into());
-                opts.connect_timeout = Some(self.connect_timeout);
-                // Without this a call waits 30 s for a server that is down.
-                opts.server_selection_timeout = Some(self.connect_timeout);
-                Client::with_options(opts)
-            })
-            .await
+        self.client.get().await
     }
 
     async fn coll(&self) -> Result<Collection<Document>, mongodb::error::Error> {
@@ -150,24 +139,25 @@ impl MongoTier {
             .collect())
     }
 
-    /// Tombstones with the next version for `ids`; answers the versions.
-    async fn tombstone(&self, ids: &[String]) -> Result<Vec<u64>, mongodb::error::Error> {
+    /// The update that turns a document into a tombstone with the next
+    /// version.
+    fn tombstone_update(&self) -> Document {
         let expires = DateTime::from_millis(millis_i64(
             now_ms().saturating_add(super::millis(self.ttl + self.max_stale)),
         ));
+        doc! {
+            "$inc": {"version": 1_i64},
+            "$set": {"kind": TOMBSTONE, "order": 0_i64, "expiresAt": expires},
+            "$unset": {"profile": "", "fetchedAt": "", "freshUntil": "", "staleUntil": ""},
+        }
+    }
+
+    /// Tombstones with the next version for `ids`; answers the versions.
+    async fn tombstone(&self, ids: &[String]) -> Result<Vec<u64>, mongodb::error::Error> {
+        let update = self.tombstone_update();
         let statements = ids
             .iter()
-            .map(|id| {
-                doc! {
-                    "q": {"_id": id},
-                    "u": {
-                        "$inc": {"version": 1_i64},
-                        "$set": {"kind": TOMBSTONE, "order": 0_i64, "expiresAt": expires},
-                        "$unset": {"profile": "", "fetchedAt": "", "freshUntil": "", "staleUntil": ""},
-                    },
-                    "upsert": true,
-                }
-            })
+            .map(|id| doc! {"q": {"_id": id}, "u": update.clone(), "upsert": true})
             .collect();
         let failed = self.update(statements).await?;
         if let Some((_, code)) = failed.iter().next() {
@@ -344,7 +334,34 @@ impl Tier for MongoTier {
         }
         result
     }
+
+    async fn remove_all(&self) -> Result<u64, TierError> {
+        // One multi-document update: the server walks the collection, so
+        // the budget is the bulk one, not the per-lookup timeout.
+        let update = self.tombstone_update();
+        let call = async {
+            self.coll()
+                .await?
+                .update_many(doc! {}, update)
+                .await
+                .map(|r| r.matched_count)
+        };
+        match tokio::time::timeout(REMOVE_ALL_TIMEOUT, call).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(TierError::Failed {
+                tier: "mongo",
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(TierError::Timeout {
+                tier: "mongo",
+                timeout: REMOVE_ALL_TIMEOUT,
+            }),
+        }
+    }
 }
+
+/// Budget for tombstoning the whole collection.
+const REMOVE_ALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `update` statement for one conditional write: match the document at
 /// the version the load read (none, or version 0, for 0) and of no higher

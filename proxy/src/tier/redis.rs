@@ -258,4 +258,64 @@ impl Tier for RedisTier {
         }
         result
     }
+
+    async fn remove_all(&self) -> Result<u64, TierError> {
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        let mut marked = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let pattern = pattern.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .guard
+                .call(async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            let ids: Vec<String> = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix(self.prefix.as_str()))
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                marked += self.delete(&ids).await?.len() as u64;
+            }
+            if next == 0 {
+                return Ok(marked);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Keys one SCAN step looks at: small enough that each step (and the
+/// removal script after it) stays far inside the tier's timeout.
+const SCAN_COUNT: u64 = 500;
+
+/// `prefix` as a SCAN MATCH pattern that matches only itself.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prefix_globs_match_only_themselves() {
+        assert_eq!(super::glob_escape("pe:user:"), "pe:user:");
+        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
 }

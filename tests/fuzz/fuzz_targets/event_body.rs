@@ -1,10 +1,10 @@
-//! `admin::events::parse`: never panics; an accepted event is a JSON object
+//! `invalidation::policy::parse`: never panics; an accepted event is a JSON object
 //! whose `type` string is `kind`, and whose `userId`, present (always for
 //! the profile event types), is a valid, path-safe id.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use profile_edge::admin::events::parse;
+use profile_edge::invalidation::policy::parse;
 use profile_edge::http::error::ProxyError;
 use profile_edge_fuzz::{is_path_safe, rules_from};
 use serde_json::Value;

@@ -1,0 +1,405 @@
+//! One `[[change_streams]]` entry's loop: claim the stream (`lease`), open
+//! it where the last batch ended, and for each batch apply its changes
+//! through the invalidation policy, then persist the position (empty
+//! batches too, so a quiet stream's position stays recent). A restart
+//! resumes from the last persisted batch: nothing is missed, and at most
+//! one batch is applied twice.
+//!
+//! When the position cannot be used (the server no longer has that
+//! history, or refuses the token) or the collection goes away, a new
+//! stream is opened from now first, then every tier is cleared on every
+//! instance: a change between the two could otherwise be cached and never
+//! seen. A server that cannot be reached is retried with backoff.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mongodb::bson::{self, Bson, Document};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::{Error, ErrorKind};
+use mongodb::options::FullDocumentType;
+use serde_json::{json, Value};
+
+use super::event::{classify, Change};
+use super::lease::{Claim, Lease};
+use crate::config::ChangeStreamConfig;
+use crate::invalidation::policy;
+use crate::lifecycle::Drain;
+use crate::metrics::Metrics;
+use crate::mongo::client::LazyClient;
+use crate::state::State;
+use crate::tier::now_ms;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Users of one batch whose events go through the policy at once.
+const APPLY_CONCURRENCY: usize = 16;
+/// Budget for giving the claim up at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Server errors that say the position is gone for good:
+/// ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken.
+const POSITION_LOST: [i32; 3] = [286, 280, 260];
+/// Server errors that pass (elections, shutdown, time limits): the stream
+/// is retried from the same position.
+const TRANSIENT: [i32; 14] = [
+    6, 7, 43, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11601, 11602, 13435,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    Starting = 0,
+    Watching = 1,
+    Standby = 2,
+    Retrying = 3,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Watching => "watching",
+            Role::Standby => "standby",
+            Role::Retrying => "retrying",
+        }
+    }
+}
+
+/// What `/admin/stats` shows of one stream.
+#[derive(Default)]
+pub struct StreamStats {
+    role: AtomicU8,
+    events: AtomicU64,
+    users_applied: AtomicU64,
+    bad_documents: AtomicU64,
+    batches: AtomicU64,
+    restarts: AtomicU64,
+    errors: AtomicU64,
+    saved_at_ms: AtomicU64,
+    holder: Mutex<String>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl StreamStats {
+    fn set_role(&self, role: Role, holder: &str) {
+        self.role.store(role as u8, Ordering::Relaxed);
+        *lock(&self.holder) = holder.to_string();
+    }
+
+    pub fn to_json(&self, name: &str) -> Value {
+        let role = match self.role.load(Ordering::Relaxed) {
+            1 => Role::Watching,
+            2 => Role::Standby,
+            3 => Role::Retrying,
+            _ => Role::Starting,
+        };
+        let saved = self.saved_at_ms.load(Ordering::Relaxed);
+        json!({
+            "name": name,
+            "role": role.as_str(),
+            "watcher": lock(&self.holder).clone(),
+            "events": self.events.load(Ordering::Relaxed),
+            "users_applied": self.users_applied.load(Ordering::Relaxed),
+            "bad_documents": self.bad_documents.load(Ordering::Relaxed),
+            "batches": self.batches.load(Ordering::Relaxed),
+            "restarts": self.restarts.load(Ordering::Relaxed),
+            "errors": self.errors.load(Ordering::Relaxed),
+            "position_saved_ms_ago": (saved > 0).then(|| now_ms().saturating_sub(saved)),
+            "last_error": lock(&self.last_error).clone(),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("{0}")]
+    Mongo(#[from] Error),
+}
+
+/// How a session ended.
+enum End {
+    Drained,
+    /// Another instance watches (or took the claim over).
+    Standby,
+}
+
+pub struct Watcher {
+    pub cfg: ChangeStreamConfig,
+    pub uri: String,
+    pub instance: String,
+    pub state: Weak<State>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<StreamStats>,
+}
+
+type Stream = ChangeStream<Document>;
+
+impl Watcher {
+    pub async fn run(self, drain: Drain) {
+        let client = LazyClient::new(&self.uri, self.cfg.connect_timeout.get());
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let pause = match self.session(&client, &drain).await {
+                Ok(End::Drained) => return,
+                Ok(End::Standby) => {
+                    backoff = BACKOFF_MIN;
+                    self.cfg.lease.get() / 3
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    *lock(&self.stats.last_error) = Some(e.to_string());
+                    self.stats.set_role(Role::Retrying, "");
+                    tracing::warn!(stream = %self.cfg.name, error = %e, retry_in = ?backoff,
+                        "change stream interrupted");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = drain.wait() => return,
+            }
+        }
+    }
+
+    async fn session(&self, client: &LazyClient, drain: &Drain) -> Result<End, WatchError> {
+        let client = client.get().await?;
+        let cfg = &self.cfg;
+        let lease = Lease::new(
+            client
+                .database(&cfg.state_database)
+                .collection(&cfg.state_collection),
+            &cfg.name,
+            &self.instance,
+            cfg.lease.get(),
+        );
+        let token = match lease.claim().await? {
+            Claim::Taken { owner } => {
+                self.stats.set_role(Role::Standby, &owner);
+                return Ok(End::Standby);
+            }
+            Claim::Held(token) => token,
+        };
+        let coll = client
+            .database(&cfg.database)
+            .collection::<Document>(&cfg.collection);
+        let mut stream = match token.map(bson::from_bson::<ResumeToken>) {
+            None => {
+                // First start: from now (history before the proxy watched
+                // was never cached against it).
+                let s = self.open(&coll, None).await?;
+                if !lease.save(position(&s)).await? {
+                    return Ok(End::Standby);
+                }
+                s
+            }
+            Some(Err(e)) => {
+                self.restart(
+                    &coll,
+                    &lease,
+                    "history-lost",
+                    &format!("stored position unreadable: {e}"),
+                )
+                .await?
+            }
+            Some(Ok(t)) => match self.open(&coll, Some(t)).await {
+                Ok(s) => s,
+                Err(e) if position_refused(&e) => {
+                    self.restart(&coll, &lease, "history-lost", &e.to_string())
+                        .await?
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        self.stats.set_role(Role::Watching, &self.instance);
+        let mut batch: Vec<Document> = Vec::new();
+        loop {
+            let next = tokio::select! {
+                n = stream.next_if_any() => n,
+                _ = drain.wait() => {
+                    self.release(&lease).await;
+                    return Ok(End::Drained);
+                }
+            };
+            match next {
+                Ok(Some(event)) => {
+                    batch.push(event);
+                    if batch.len() < cfg.batch_size as usize {
+                        continue;
+                    }
+                }
+                // The server's batch is done (or was empty).
+                Ok(None) => {}
+                Err(e) if position_lost(&e) => {
+                    stream = self
+                        .restart(&coll, &lease, "history-lost", &e.to_string())
+                        .await?;
+                    batch.clear();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let Some(state) = self.state.upgrade() else {
+                return Ok(End::Drained);
+            };
+            let ended = self.apply(&state, std::mem::take(&mut batch)).await;
+            drop(state);
+            if let Some(operation) = ended {
+                stream = self
+                    .restart(&coll, &lease, "invalidate", &format!("{operation} event"))
+                    .await?;
+                continue;
+            }
+            if !lease.save(position(&stream)).await? {
+                tracing::warn!(stream = %cfg.name, "change stream claim lost to another instance");
+                return Ok(End::Standby);
+            }
+            self.stats.saved_at_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    async fn open(
+        &self,
+        coll: &mongodb::Collection<Document>,
+        resume: Option<ResumeToken>,
+    ) -> Result<Stream, Error> {
+        let s = coll
+            .watch()
+            .full_document(FullDocumentType::UpdateLookup)
+            .batch_size(self.cfg.batch_size)
+            .max_await_time(self.cfg.max_await.get())
+            .resume_after(resume)
+            .await?;
+        Ok(s.with_type::<Document>())
+    }
+
+    /// The position is gone or the collection ended: a new stream from now,
+    /// its position saved, then every tier cleared on every instance (in
+    /// that order, so that no change falls between the clear and the new
+    /// stream).
+    async fn restart(
+        &self,
+        coll: &mongodb::Collection<Document>,
+        lease: &Lease,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<Stream, WatchError> {
+        let stream = self.open(coll, None).await?;
+        lease.save(position(&stream)).await?;
+        tracing::error!(stream = %self.cfg.name, reason, detail,
+            "change stream restarted from now; clearing every tier on every instance");
+        if let Some(state) = self.state.upgrade() {
+            let tiers = state.invalidations.invalidate_all("change-stream").await;
+            tracing::warn!(stream = %self.cfg.name, %tiers, "every tier cleared");
+        }
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.stats.last_error) = Some(format!("{reason}: {detail}"));
+        self.metrics
+            .change_stream_restarts
+            .with_label_values(&[&self.cfg.name, reason])
+            .inc();
+        Ok(stream)
+    }
+
+    /// Applies one batch; answers the operation that ended the collection
+    /// (drop, rename, ...) if one did.
+    async fn apply(&self, state: &State, events: Vec<Document>) -> Option<String> {
+        let name = self.cfg.name.as_str();
+        let ids = state.profiles.ids();
+        let mut users: Vec<String> = Vec::new();
+        let mut ended = None;
+        for event in &events {
+            let change = classify(event, &self.cfg.id_field, &ids);
+            self.metrics
+                .change_stream_events
+                .with_label_values(&[name, change.label()])
+                .inc();
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            match change {
+                Change::Profile { user_id, .. } => {
+                    if !users.contains(&user_id) {
+                        users.push(user_id);
+                    }
+                }
+                Change::Bad { operation, why } => {
+                    self.stats.bad_documents.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        stream = name,
+                        operation,
+                        why,
+                        "change skipped: bad document"
+                    );
+                }
+                Change::Invalidate { operation } => ended = Some(operation),
+                Change::Other { operation } => {
+                    tracing::debug!(stream = name, operation, "change stream event ignored");
+                }
+            }
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .users_applied
+            .fetch_add(users.len() as u64, Ordering::Relaxed);
+        futures_util::stream::iter(users)
+            .for_each_concurrent(APPLY_CONCURRENCY, |user| async move {
+                let text = json!({
+                    "type": "profile-updated",
+                    "userId": user,
+                    "source": "change-stream",
+                    "stream": name,
+                })
+                .to_string();
+                match policy::parse(text.as_bytes(), &state.profiles.ids()) {
+                    Ok(event) => {
+                        let done = policy::apply(state, &event, "change-stream").await;
+                        tracing::debug!(stream = name, %user, %done, "change applied");
+                    }
+                    // The id passed the same rules in `classify`; only a
+                    // reload between the two can get here.
+                    Err(e) => tracing::warn!(stream = name, %user, error = %e, "change skipped"),
+                }
+            })
+            .await;
+        ended
+    }
+
+    async fn release(&self, lease: &Lease) {
+        match tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await {
+            Ok(Ok(())) => tracing::debug!(stream = %self.cfg.name, "change stream claim released"),
+            _ => tracing::debug!(stream = %self.cfg.name,
+                "change stream claim not released; it runs out by itself"),
+        }
+    }
+}
+
+/// The stream's position as stored in the state document.
+fn position(stream: &Stream) -> Option<Bson> {
+    stream.resume_token().and_then(|t| bson::to_bson(&t).ok())
+}
+
+fn command_code(e: &Error) -> Option<i32> {
+    match &*e.kind {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+/// The server said the position is gone.
+fn position_lost(e: &Error) -> bool {
+    command_code(e).is_some_and(|c| POSITION_LOST.contains(&c))
+}
+
+/// Opening at a stored position failed for a reason that retrying will
+/// not cure: the server refused it (any command error that is not one of
+/// the transient ones).
+fn position_refused(e: &Error) -> bool {
+    command_code(e).is_some_and(|c| POSITION_LOST.contains(&c) || !TRANSIENT.contains(&c))
+}
