@@ -568,6 +568,15 @@ impl MongoServer {
         }
     }
 
+    /// A SecantusDB of its own with extra server arguments, even when
+    /// `MONGODB_URI` is set.
+    pub async fn start_local_with(args: &[&str]) -> MongoServer {
+        match profile_edge_harness::MongoServer::start_local_with(args).await {
+            Ok(server) => MongoServer(server),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     pub fn uri(&self) -> &str {
         self.0.uri()
     }

@@ -33,6 +33,8 @@ pub struct MongoServer {
     /// `None` for `MONGODB_URI`'s server.
     server: Option<ChildServer>,
     dir: PathBuf,
+    /// Extra `secantusd-py` arguments (`start_local_with`).
+    args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -50,9 +52,19 @@ impl MongoServer {
                 database,
                 server: None,
                 dir: PathBuf::new(),
+                args: Vec::new(),
                 _tmp: None,
             });
         }
+        MongoServer::start_local_with(&[]).await
+    }
+
+    /// A fresh SecantusDB with extra server arguments (say, a short oplog),
+    /// whatever `MONGODB_URI` says: for tests of server behaviour that a
+    /// shared server cannot be configured for.
+    pub async fn start_local_with(args: &[&str]) -> io::Result<MongoServer> {
+        let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+        let database = format!("pe_test_{}_{n}", std::process::id());
         let tmp = tempfile::Builder::new().prefix("secantus-").tempdir()?;
         let dir = tmp.path().to_path_buf();
         let port = free_port()?;
@@ -65,6 +77,7 @@ impl MongoServer {
                 dir.join("secantusd.log"),
             )),
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
         };
         server.spawn().await?;
@@ -105,6 +118,7 @@ impl MongoServer {
         let bin = secantusd()?;
         let data = self.dir.join("data");
         let dir = self.dir.clone();
+        let args = self.args.clone();
         let Some(server) = self.server.as_mut() else {
             return Err(io::Error::other(
                 "MONGODB_URI's server is not ours to start",
@@ -115,6 +129,7 @@ impl MongoServer {
             .arg("--storage-path")
             .arg(data)
             .args(["--log-level", "WARNING"])
+            .args(&args)
             // Its own directory: no secantusd.toml of the caller's is found.
             .current_dir(dir);
         server

@@ -89,13 +89,17 @@ impl StreamStats {
         *lock(&self.holder) = holder.to_string();
     }
 
-    pub fn to_json(&self, name: &str) -> Value {
-        let role = match self.role.load(Ordering::Relaxed) {
+    fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
             1 => Role::Watching,
             2 => Role::Standby,
             3 => Role::Retrying,
             _ => Role::Starting,
-        };
+        }
+    }
+
+    pub fn to_json(&self, name: &str) -> Value {
+        let role = self.role();
         let saved = self.saved_at_ms.load(Ordering::Relaxed);
         json!({
             "name": name,
@@ -119,7 +123,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Mongo(#[from] Error),
 }
 
@@ -153,11 +157,21 @@ impl Watcher {
                     self.cfg.lease.get() / 3
                 }
                 Err(e) => {
+                    if self.stats.role() == Role::Watching {
+                        // It was reading: a new outage, and a fresh backoff.
+                        backoff = BACKOFF_MIN;
+                    }
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     *lock(&self.stats.last_error) = Some(e.to_string());
+                    // One warning per outage; its retries are debug.
+                    if backoff == BACKOFF_MIN {
+                        tracing::warn!(stream = %self.cfg.name, error = %e,
+                            "change stream interrupted; retrying with backoff");
+                    } else {
+                        tracing::debug!(stream = %self.cfg.name, error = %e, retry_in = ?backoff,
+                            "change stream still unavailable");
+                    }
                     self.stats.set_role(Role::Retrying, "");
-                    tracing::warn!(stream = %self.cfg.name, error = %e, retry_in = ?backoff,
-                        "change stream interrupted");
                     let wait = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     wait
@@ -213,12 +227,15 @@ impl Watcher {
             Some(Ok(t)) => match self.open(&coll, Some(t)).await {
                 Ok(s) => s,
                 Err(e) if position_refused(&e) => {
-                    self.restart(&coll, &lease, "history-lost", &e.to_string())
+                    self.restart(&coll, &lease, "history-lost", &describe(&e))
                         .await?
                 }
                 Err(e) => return Err(e.into()),
             },
         };
+        if self.stats.errors.load(Ordering::Relaxed) > 0 {
+            tracing::info!(stream = %cfg.name, "change stream watching again");
+        }
         self.stats.set_role(Role::Watching, &self.instance);
         let mut batch: Vec<Document> = Vec::new();
         loop {
@@ -240,7 +257,7 @@ impl Watcher {
                 Ok(None) => {}
                 Err(e) if position_lost(&e) => {
                     stream = self
-                        .restart(&coll, &lease, "history-lost", &e.to_string())
+                        .restart(&coll, &lease, "history-lost", &describe(&e))
                         .await?;
                     batch.clear();
                     continue;
@@ -383,6 +400,17 @@ impl Watcher {
 /// The stream's position as stored in the state document.
 fn position(stream: &Stream) -> Option<Bson> {
     stream.resume_token().and_then(|t| bson::to_bson(&t).ok())
+}
+
+/// A server error as its code and message (the driver's own text carries
+/// the whole raw reply).
+fn describe(e: &Error) -> String {
+    match &*e.kind {
+        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
+        // The driver's text of a selection failure lists the whole topology.
+        ErrorKind::ServerSelection { .. } => "no server could be reached in time".to_string(),
+        _ => e.to_string().chars().take(300).collect(),
+    }
 }
 
 fn command_code(e: &Error) -> Option<i32> {
