@@ -557,3 +557,108 @@ async fn a_lost_server_is_retried_and_the_stream_resumes() {
     assert_eq!(s["restarts"], 0, "resumed, not restarted: {s}");
     app.shutdown().await;
 }
+
+async fn event(c: &HttpClient, admin: SocketAddr, id: &str) -> Value {
+    let (status, _, body) = send(
+        c,
+        http::Method::POST,
+        &format!("http://{admin}/admin/events"),
+        &[("content-type", "application/json")],
+        format!(r#"{{"type":"profile-updated","userId":"{id}"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    json(&body)
+}
+
+fn post_action(answer: &Value) -> Value {
+    answer["actions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["action"] == "refresh-post-snapshots"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no refresh-post-snapshots in {answer}"))
+}
+
+/// `refresh-post-snapshots` from `POST /admin/events`: 7 posts rewritten in
+/// batches of 2 and counted; a user the Officer no longer knows gets a
+/// `null` snapshot; without `[post_snapshots]` the action is skipped; a
+/// posts server that cannot be reached fails the action, reported, and
+/// the event's other actions still happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_snapshots_follow_admin_events() {
+    let w = World::start(20).await;
+    let posts = w.coll("posts").await;
+    let (author, gone) = (user_id(7), user_id(8));
+    let many: Vec<Document> = (0..7)
+        .map(|i| doc! {"_id": i, "userId": &author})
+        .chain([doc! {"_id": 100, "userId": &gone, "userSnapshot": {"id": &gone}}])
+        .collect();
+    posts.insert_many(many).await.unwrap();
+    let c = client();
+    let app = start_proxy(&w.config("", "")).await;
+    let admin = app.admin_addr();
+    assert!(w.sim.update_user(&author));
+    let done = post_action(&event(&c, admin, &author).await);
+    assert_eq!(
+        (done["result"].as_str(), done["posts"].as_u64()),
+        (Some("done"), Some(7)),
+        "{done}"
+    );
+    let avatar = w.sim.profile(&author).unwrap().avatar_url;
+    assert_eq!(
+        posts
+            .count_documents(doc! {"userSnapshot.avatarUrl": &avatar})
+            .await
+            .unwrap(),
+        7
+    );
+    assert!(w.sim.delete_user(&gone));
+    let done = post_action(&event(&c, admin, &gone).await);
+    assert_eq!(done["posts"], 1, "{done}");
+    let post = posts.find_one(doc! {"_id": 100}).await.unwrap().unwrap();
+    assert_eq!(post.get("userSnapshot"), Some(&mongodb::bson::Bson::Null));
+    assert_eq!(
+        metric(&c, admin, "profile_edge_post_snapshots_refreshed_total").await,
+        8.0
+    );
+    app.shutdown().await;
+
+    let without = w
+        .config("", "")
+        .replace("[post_snapshots]", "[unused_posts]");
+    let without = without
+        .split("[unused_posts]")
+        .next()
+        .expect("config before the posts section")
+        .to_string();
+    let app = start_proxy(&without).await;
+    let done = post_action(&event(&c, app.admin_addr(), &author).await);
+    assert!(
+        done["result"].as_str().unwrap().starts_with("skipped"),
+        "{done}"
+    );
+    app.shutdown().await;
+
+    let unreachable = w.config(
+        "",
+        &format!(
+            "uri = \"mongodb://127.0.0.1:{}/?directConnection=true\"\nconnect_timeout = \"300ms\"",
+            free_port()
+        ),
+    );
+    let app = start_proxy(&unreachable).await;
+    assert!(w.sim.update_user(&author));
+    let answer = event(&c, app.admin_addr(), &author).await;
+    let done = post_action(&answer);
+    assert!(
+        done["result"].as_str().unwrap().starts_with("failed"),
+        "{done}"
+    );
+    assert_eq!(
+        answer["actions"][0]["result"], "done",
+        "the refresh still happened: {answer}"
+    );
+    let (_, _, body) = get(&c, &format!("http://{}/admin/stats", app.admin_addr())).await;
+    assert_eq!(json(&body)["post_snapshots"]["failures"], 1);
+    app.shutdown().await;
+}

@@ -296,3 +296,38 @@ fn check_names_mongo_keys_without_connecting() {
     .unwrap();
     check_ok(&path);
 }
+
+/// Start-up with no MongoDB server at all stops nothing: the proxy starts
+/// and is ready, lookups are answered by the origin, the tier's breaker
+/// opens, and a change stream on that server waits in `retrying`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_without_a_server_stops_nothing() {
+    let sim = sim_origin(20, Duration::ZERO).await;
+    let uri = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
+    let config = profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[tiers.mongo]\nuri = \"{uri}\"\ntimeout = \"200ms\"\nconnect_timeout = \"200ms\"\nbreaker_failures = 2\n\n\
+             [[change_streams]]\nname = \"users\"\ndatabase = \"officer\"\ncollection = \"users\"\nkind = \"profile-updates\"\nconnect_timeout = \"200ms\"\n"
+        ),
+    );
+    let app = start_proxy(&config).await;
+    let c = client();
+    let (status, _, _) = get(&c, &format!("http://{}/readyz", app.admin_addr())).await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..5 {
+        assert_eq!(
+            lookup(&c, app.main_addr(), &user_id(i)).await,
+            (1, "origin".to_string())
+        );
+    }
+    let s = stats(&c, app.admin_addr()).await;
+    assert_eq!(s["tiers"]["mongo"]["breaker_open"], json!(true), "{s}");
+    wait_until("the stream waits for its server", || {
+        let c = c.clone();
+        let admin = app.admin_addr();
+        async move { stats(&c, admin).await["change_streams"][0]["role"] == "retrying" }
+    })
+    .await;
+    app.shutdown().await;
+}

@@ -39,4 +39,15 @@ impl LazyClient {
             })
             .await
     }
+
+    /// Closes the client if one was made, so that the driver's background
+    /// tasks end now rather than whenever the last handle is dropped.
+    pub async fn shutdown(&self) {
+        if let Some(c) = self.cell.get() {
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, c.clone().shutdown()).await;
+        }
+    }
 }
+
+/// How long a shutdown waits for operations in flight on the client.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);

@@ -51,8 +51,29 @@ impl Lease {
         i64::try_from(ms).unwrap_or(i64::MAX)
     }
 
+    /// Each call gets at most `lease`: past that the claim is worth
+    /// nothing anyway, and a server that stopped answering must not hold
+    /// the watcher.
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout(self.lease, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::custom(format!(
+                    "state collection did not answer within {:?}",
+                    self.lease
+                )))
+            })
+    }
+
     /// Takes the claim if it is free, ran out, or is already ours.
     pub async fn claim(&self) -> Result<Claim, Error> {
+        self.bounded(self.try_claim()).await
+    }
+
+    async fn try_claim(&self) -> Result<Claim, Error> {
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
         let filter = doc! {
             "_id": &self.stream,
@@ -90,17 +111,15 @@ impl Lease {
     /// when the claim is no longer ours (stop watching). `None` forgets the
     /// position (history lost: start from now).
     pub async fn save(&self, token: Option<Bson>) -> Result<bool, Error> {
-        let r = self
-            .coll
-            .update_one(
-                doc! {"_id": &self.stream, "owner": &self.owner},
-                doc! {"$set": {
-                    "token": token.unwrap_or(Bson::Null),
-                    "leaseUntil": self.until(),
-                    "savedAt": DateTime::now(),
-                }},
-            )
-            .await?;
+        let update = self.coll.update_one(
+            doc! {"_id": &self.stream, "owner": &self.owner},
+            doc! {"$set": {
+                "token": token.unwrap_or(Bson::Null),
+                "leaseUntil": self.until(),
+                "savedAt": DateTime::now(),
+            }},
+        );
+        let r = self.bounded(async { update.await }).await?;
         Ok(r.matched_count == 1)
     }
 

@@ -148,9 +148,15 @@ type Stream = ChangeStream<Document>;
 impl Watcher {
     pub async fn run(self, drain: Drain) {
         let client = LazyClient::new(&self.uri, self.cfg.connect_timeout.get());
+        self.watch(&client, &drain).await;
+        // The driver's own monitoring tasks end with its client.
+        client.shutdown().await;
+    }
+
+    async fn watch(&self, client: &LazyClient, drain: &Drain) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            let pause = match self.session(&client, &drain).await {
+            let pause = match self.session(client, drain).await {
                 Ok(End::Drained) => return,
                 Ok(End::Standby) => {
                     backoff = BACKOFF_MIN;
@@ -239,8 +245,13 @@ impl Watcher {
         self.stats.set_role(Role::Watching, &self.instance);
         let mut batch: Vec<Document> = Vec::new();
         loop {
+            // The server answers a waiting read within `max_await`; one
+            // that does not answer at all is treated as an outage.
+            let silent = cfg.max_await.get() + cfg.lease.get();
             let next = tokio::select! {
-                n = stream.next_if_any() => n,
+                n = tokio::time::timeout(silent, stream.next_if_any()) => n.unwrap_or_else(|_| {
+                    Err(Error::custom(format!("no answer from the server within {silent:?}")))
+                }),
                 _ = drain.wait() => {
                     self.release(&lease).await;
                     return Ok(End::Drained);
