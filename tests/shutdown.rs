@@ -104,3 +104,81 @@ async fn no_task_outlives_app_shutdown() {
     }
     sim.shutdown().await;
 }
+
+/// The same with every MongoDB part: the snapshot tier, a change stream
+/// being watched and the post snapshot writer. Their driver clients'
+/// monitoring tasks end with the app.
+#[tokio::test]
+async fn no_mongodb_task_outlives_app_shutdown() {
+    let mongo = MongoServer::start().await;
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let db = mongo.database();
+    let text = profile_config(
+        &sim.officer_url(),
+        &format!(
+            "{}[[change_streams]]\nname = \"users\"\ndatabase = \"{db}\"\ncollection = \"users\"\n\
+             kind = \"profile-updates\"\nstate_database = \"{db}\"\nmax_await = \"200ms\"\n\n\
+             [post_snapshots]\ndatabase = \"{db}\"\n",
+            mongo.tier_config(),
+        ),
+    );
+    let before = alive();
+    let app = start_proxy(&text).await;
+    let tasks = app.state().tasks.clone();
+    let mut names = tasks.running_names();
+    names.dedup();
+    // The index task ends once the index exists, which may already be.
+    names.retain(|n| *n != "mongo-ttl-index");
+    assert_eq!(
+        names,
+        vec!["batcher", "change-stream", "mongo-remove-retry"],
+        "the background tasks this config starts"
+    );
+    let admin = app.admin_addr();
+    let c = client();
+    wait_until("the stream is watched", || {
+        let c = c.clone();
+        async move {
+            let (_, _, body) = get(&c, &format!("http://{admin}/admin/stats")).await;
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["change_streams"][0]["role"]
+                == "watching"
+        }
+    })
+    .await;
+    drop(c);
+    for i in 0..20 {
+        let path = format!("/api/users/{}", profile_edge::testkit::user_id(i));
+        assert_eq!(get_once(app.main_addr(), &path).await, 200);
+    }
+    let (status, _, _) = send(
+        &client(),
+        http::Method::POST,
+        &format!("http://{admin}/admin/events"),
+        &[],
+        format!(
+            r#"{{"type":"profile-updated","userId":"{}"}}"#,
+            profile_edge::testkit::user_id(1)
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    app.shutdown().await;
+    assert_eq!(
+        tasks.running(),
+        0,
+        "tasks left: {:?}",
+        tasks.running_names()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks alive after shutdown, {before} before start",
+            alive()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.shutdown().await;
+}
