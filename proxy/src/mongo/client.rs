@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use mongodb::error::{Error, ErrorKind};
 use mongodb::options::ClientOptions;
 use mongodb::Client;
 use tokio::sync::OnceCell;
@@ -51,3 +52,14 @@ impl LazyClient {
 
 /// How long a shutdown waits for operations in flight on the client.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server error as its code and message (the driver's own text carries
+/// the whole raw reply).
+pub fn describe(e: &Error) -> String {
+    match &*e.kind {
+        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
+        // The driver's text of a selection failure lists the whole topology.
+        ErrorKind::ServerSelection { .. } => "no server could be reached in time".to_string(),
+        _ => e.to_string().chars().take(300).collect(),
+    }
+}

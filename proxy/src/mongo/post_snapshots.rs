@@ -18,7 +18,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::{json, Value};
 
-use super::client::LazyClient;
+use super::client::{describe, LazyClient};
 use crate::config::{Config, PostSnapshotsConfig};
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
@@ -33,7 +33,7 @@ pub enum PostError {
     Stale,
     #[error("the profile is not JSON: {0}")]
     NotJson(String),
-    #[error("posts collection: {0}")]
+    #[error("posts collection: {}", describe(.0))]
     Mongo(#[from] mongodb::error::Error),
     #[error("posts collection did not answer within {0:?}")]
     Timeout(Duration),

@@ -5,6 +5,7 @@
 //! the invalidation policy, so with the backplane every instance follows.
 //! A reload starts, stops or restarts watchers whose entry changed.
 
+mod cursor;
 mod event;
 mod lease;
 mod watcher;

@@ -16,20 +16,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mongodb::bson::{self, Bson, Document};
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::change_stream::ChangeStream;
+use mongodb::bson::{Bson, Document};
 use mongodb::error::{Error, ErrorKind};
-use mongodb::options::FullDocumentType;
+use mongodb::Database;
 use serde_json::{json, Value};
 
+use super::cursor::{Batch, Cursor};
 use super::event::{classify, Change};
 use super::lease::{Claim, Lease};
 use crate::config::ChangeStreamConfig;
 use crate::invalidation::policy;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
-use crate::mongo::client::LazyClient;
+use crate::mongo::client::{describe, LazyClient};
 use crate::state::State;
 use crate::tier::now_ms;
 
@@ -143,8 +142,6 @@ pub struct Watcher {
     pub stats: Arc<StreamStats>,
 }
 
-type Stream = ChangeStream<Document>;
-
 impl Watcher {
     pub async fn run(self, drain: Drain) {
         let client = LazyClient::new(&self.uri, self.cfg.connect_timeout.get());
@@ -201,112 +198,88 @@ impl Watcher {
             &self.instance,
             cfg.lease.get(),
         );
-        let token = match lease.claim().await? {
+        let saved = match lease.claim().await? {
             Claim::Taken { owner } => {
                 self.stats.set_role(Role::Standby, &owner);
                 return Ok(End::Standby);
             }
             Claim::Held(token) => token,
         };
-        let coll = client
-            .database(&cfg.database)
-            .collection::<Document>(&cfg.collection);
-        let mut stream = match token.map(bson::from_bson::<ResumeToken>) {
-            None => {
-                // First start: from now (history before the proxy watched
-                // was never cached against it).
-                let s = self.open(&coll, None).await?;
-                if !lease.save(position(&s)).await? {
-                    return Ok(End::Standby);
-                }
-                s
+        let db = client.database(&cfg.database);
+        let fresh = saved.is_none();
+        // The very first start begins at "now": history from before the
+        // proxy watched was never cached against it.
+        let (mut cursor, mut batch) = match self.open(&db, saved).await {
+            Ok(opened) => opened,
+            Err(e) if !fresh && position_refused(&e) => {
+                self.restart(&db, &lease, "history-lost", &describe(&e))
+                    .await?
             }
-            Some(Err(e)) => {
-                self.restart(
-                    &coll,
-                    &lease,
-                    "history-lost",
-                    &format!("stored position unreadable: {e}"),
-                )
-                .await?
-            }
-            Some(Ok(t)) => match self.open(&coll, Some(t)).await {
-                Ok(s) => s,
-                Err(e) if position_refused(&e) => {
-                    self.restart(&coll, &lease, "history-lost", &describe(&e))
-                        .await?
-                }
-                Err(e) => return Err(e.into()),
-            },
+            Err(e) => return Err(e.into()),
         };
         if self.stats.errors.load(Ordering::Relaxed) > 0 {
             tracing::info!(stream = %cfg.name, "change stream watching again");
         }
         self.stats.set_role(Role::Watching, &self.instance);
-        let mut batch: Vec<Document> = Vec::new();
+        // The server answers a waiting read within `max_await`; one that
+        // does not answer at all is treated as an outage.
+        let silent = cfg.max_await.get() + cfg.lease.get();
         loop {
-            // The server answers a waiting read within `max_await`; one
-            // that does not answer at all is treated as an outage.
-            let silent = cfg.max_await.get() + cfg.lease.get();
+            if !batch.events.is_empty() {
+                let Some(state) = self.state.upgrade() else {
+                    cursor.close().await;
+                    return Ok(End::Drained);
+                };
+                let ended = self.apply(&state, std::mem::take(&mut batch.events)).await;
+                drop(state);
+                if let Some(operation) = ended {
+                    cursor.close().await;
+                    (cursor, batch) = self
+                        .restart(&db, &lease, "invalidate", &format!("{operation} event"))
+                        .await?;
+                    continue;
+                }
+            }
+            if !lease.save(batch.position.take()).await? {
+                tracing::warn!(stream = %cfg.name, "change stream claim lost to another instance");
+                cursor.close().await;
+                return Ok(End::Standby);
+            }
+            self.stats.saved_at_ms.store(now_ms(), Ordering::Relaxed);
             let next = tokio::select! {
-                n = tokio::time::timeout(silent, stream.next_if_any()) => n.unwrap_or_else(|_| {
+                n = tokio::time::timeout(silent, cursor.next()) => n.unwrap_or_else(|_| {
                     Err(Error::custom(format!("no answer from the server within {silent:?}")))
                 }),
                 _ = drain.wait() => {
                     self.release(&lease).await;
+                    cursor.close().await;
                     return Ok(End::Drained);
                 }
             };
-            match next {
-                Ok(Some(event)) => {
-                    batch.push(event);
-                    if batch.len() < cfg.batch_size as usize {
-                        continue;
-                    }
-                }
-                // The server's batch is done (or was empty).
-                Ok(None) => {}
+            batch = match next {
+                Ok(b) => b,
                 Err(e) if position_lost(&e) => {
-                    stream = self
-                        .restart(&coll, &lease, "history-lost", &describe(&e))
+                    cursor.close().await;
+                    let (c, b) = self
+                        .restart(&db, &lease, "history-lost", &describe(&e))
                         .await?;
-                    batch.clear();
-                    continue;
+                    cursor = c;
+                    b
                 }
                 Err(e) => return Err(e.into()),
-            }
-            let Some(state) = self.state.upgrade() else {
-                return Ok(End::Drained);
             };
-            let ended = self.apply(&state, std::mem::take(&mut batch)).await;
-            drop(state);
-            if let Some(operation) = ended {
-                stream = self
-                    .restart(&coll, &lease, "invalidate", &format!("{operation} event"))
-                    .await?;
-                continue;
-            }
-            if !lease.save(position(&stream)).await? {
-                tracing::warn!(stream = %cfg.name, "change stream claim lost to another instance");
-                return Ok(End::Standby);
-            }
-            self.stats.saved_at_ms.store(now_ms(), Ordering::Relaxed);
         }
     }
 
-    async fn open(
-        &self,
-        coll: &mongodb::Collection<Document>,
-        resume: Option<ResumeToken>,
-    ) -> Result<Stream, Error> {
-        let s = coll
-            .watch()
-            .full_document(FullDocumentType::UpdateLookup)
-            .batch_size(self.cfg.batch_size)
-            .max_await_time(self.cfg.max_await.get())
-            .resume_after(resume)
-            .await?;
-        Ok(s.with_type::<Document>())
+    async fn open(&self, db: &Database, resume: Option<Bson>) -> Result<(Cursor, Batch), Error> {
+        Cursor::open(
+            db.clone(),
+            &self.cfg.collection,
+            resume,
+            self.cfg.batch_size,
+            self.cfg.max_await.get(),
+        )
+        .await
     }
 
     /// The position is gone or the collection ended: a new stream from now,
@@ -315,13 +288,13 @@ impl Watcher {
     /// stream).
     async fn restart(
         &self,
-        coll: &mongodb::Collection<Document>,
+        db: &Database,
         lease: &Lease,
         reason: &'static str,
         detail: &str,
-    ) -> Result<Stream, WatchError> {
-        let stream = self.open(coll, None).await?;
-        lease.save(position(&stream)).await?;
+    ) -> Result<(Cursor, Batch), WatchError> {
+        let (cursor, batch) = self.open(db, None).await?;
+        lease.save(batch.position.clone()).await?;
         tracing::error!(stream = %self.cfg.name, reason, detail,
             "change stream restarted from now; clearing every tier on every instance");
         if let Some(state) = self.state.upgrade() {
@@ -334,7 +307,7 @@ impl Watcher {
             .change_stream_restarts
             .with_label_values(&[&self.cfg.name, reason])
             .inc();
-        Ok(stream)
+        Ok((cursor, batch))
     }
 
     /// Applies one batch; answers the operation that ended the collection
@@ -405,22 +378,6 @@ impl Watcher {
             _ => tracing::debug!(stream = %self.cfg.name,
                 "change stream claim not released; it runs out by itself"),
         }
-    }
-}
-
-/// The stream's position as stored in the state document.
-fn position(stream: &Stream) -> Option<Bson> {
-    stream.resume_token().and_then(|t| bson::to_bson(&t).ok())
-}
-
-/// A server error as its code and message (the driver's own text carries
-/// the whole raw reply).
-fn describe(e: &Error) -> String {
-    match &*e.kind {
-        ErrorKind::Command(c) => format!("{} ({}): {}", c.code_name, c.code, c.message),
-        // The driver's text of a selection failure lists the whole topology.
-        ErrorKind::ServerSelection { .. } => "no server could be reached in time".to_string(),
-        _ => e.to_string().chars().take(300).collect(),
     }
 }
 
