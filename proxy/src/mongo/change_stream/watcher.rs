@@ -224,7 +224,11 @@ impl Watcher {
         // The server answers a waiting read within `max_await`; one that
         // does not answer at all is treated as an outage.
         let silent = cfg.max_await.get() + cfg.lease.get();
+        // Where the last batch ended; a batch that gives none (a server
+        // without postBatchResumeToken, nothing read) leaves it as it was.
+        let mut position = None;
         loop {
+            position = batch.position.take().or(position);
             if !batch.events.is_empty() {
                 let Some(state) = self.state.upgrade() else {
                     cursor.close().await;
@@ -237,10 +241,11 @@ impl Watcher {
                     (cursor, batch) = self
                         .restart(&db, &lease, "invalidate", &format!("{operation} event"))
                         .await?;
+                    position = None;
                     continue;
                 }
             }
-            if !lease.save(batch.position.take()).await? {
+            if !lease.save(position.clone()).await? {
                 tracing::warn!(stream = %cfg.name, "change stream claim lost to another instance");
                 cursor.close().await;
                 return Ok(End::Standby);
@@ -264,6 +269,7 @@ impl Watcher {
                         .restart(&db, &lease, "history-lost", &describe(&e))
                         .await?;
                     cursor = c;
+                    position = None;
                     b
                 }
                 Err(e) => return Err(e.into()),
