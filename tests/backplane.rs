@@ -27,11 +27,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CHANNEL: &str = "pe:test:bp";
 
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 /// Config for one instance: the sim as Officer, the shared Redis tier, the
 /// backplane (on `backplane_url` when given) and `extra`.
 fn instance_config(sim: &SimOrigin, redis: &RedisServer, backplane: &str, extra: &str) -> String {
@@ -129,17 +124,6 @@ impl Fleet {
             app.shutdown().await;
         }
     }
-}
-
-async fn served(c: &HttpClient, main: SocketAddr, id: &str) -> (u64, String) {
-    let (status, headers, body) = get(c, &format!("http://{main}/api/users/{id}")).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let tier = headers
-        .get("x-cache-tier")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (json(&body)["version"].as_u64().expect("version"), tier)
 }
 
 /// Every profile update is followed by an event on one instance (taking

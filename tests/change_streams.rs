@@ -22,21 +22,14 @@ use support::*;
 
 const STREAM: &str = "officer-users";
 
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
-/// The profile's version as a proxy serves it, and the tier it came from.
-async fn lookup(c: &HttpClient, main: SocketAddr, id: &str) -> (u64, String) {
-    let (status, headers, body) = get(c, &format!("http://{main}/api/users/{id}")).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let tier = headers
-        .get("x-cache-tier")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (json(&body)["version"].as_u64().expect("version"), tier)
+/// Waits until `main` serves version `v` of `id`.
+async fn wait_for_version(c: &HttpClient, main: SocketAddr, id: &str, v: u64, what: &str) {
+    wait_until(what, || {
+        let c = c.clone();
+        let id = id.to_string();
+        async move { served(&c, main, &id).await.0 == v }
+    })
+    .await;
 }
 
 async fn stream_stats(c: &HttpClient, admin: SocketAddr) -> Value {
@@ -173,8 +166,8 @@ async fn a_profile_change_reaches_every_instance_and_the_stored_posts() {
     let c = client();
     let admins: Vec<SocketAddr> = apps.iter().map(|a| a.admin_addr()).collect();
     for app in &apps {
-        assert_eq!(lookup(&c, app.main_addr(), &author).await.0, 1);
-        assert_eq!(lookup(&c, app.main_addr(), &author).await.1, "memory");
+        assert_eq!(served(&c, app.main_addr(), &author).await.0, 1);
+        assert_eq!(served(&c, app.main_addr(), &author).await.1, "memory");
     }
     let first = watcher(&c, &admins).await;
     assert_eq!(
@@ -188,11 +181,13 @@ async fn a_profile_change_reaches_every_instance_and_the_stored_posts() {
     let avatar = w.sim.profile(&author).unwrap().avatar_url;
     for app in &apps {
         let main = app.main_addr();
-        wait_until("every instance serves the new version", || {
-            let c = c.clone();
-            let id = author.clone();
-            async move { lookup(&c, main, &id).await.0 == 2 }
-        })
+        wait_for_version(
+            &c,
+            main,
+            &author,
+            2,
+            "every instance serves the new version",
+        )
         .await;
     }
     wait_until("the stored posts carry the new avatar", || {
@@ -250,11 +245,13 @@ async fn a_profile_change_reaches_every_instance_and_the_stored_posts() {
     watcher(&c, &rest).await;
     w.officer_update(&users, &author).await;
     let main = apps[0].main_addr();
-    wait_until("the new watcher applies the next change", || {
-        let c = c.clone();
-        let id = author.clone();
-        async move { lookup(&c, main, &id).await.0 == 3 }
-    })
+    wait_for_version(
+        &c,
+        main,
+        &author,
+        3,
+        "the new watcher applies the next change",
+    )
     .await;
     apps.remove(0).shutdown().await;
 }
@@ -277,7 +274,7 @@ async fn a_restarted_proxy_applies_every_change_it_missed() {
     let c = client();
     let app = start_proxy(&config).await;
     for id in &ids {
-        lookup(&c, app.main_addr(), id).await;
+        served(&c, app.main_addr(), id).await;
     }
     watcher(&c, &[app.admin_addr()]).await;
     // The position saved after an empty batch, past the inserts above.
@@ -309,7 +306,7 @@ async fn a_restarted_proxy_applies_every_change_it_missed() {
     );
     assert_eq!(s["restarts"], 0, "{s}");
     for id in &ids {
-        assert_eq!(lookup(&c, app.main_addr(), id).await.0, 2, "{id}");
+        assert_eq!(served(&c, app.main_addr(), id).await.0, 2, "{id}");
     }
     app.shutdown().await;
 }
@@ -326,7 +323,7 @@ async fn an_unusable_position_clears_every_tier_and_restarts() {
     let app = start_proxy(&config).await;
     let ids: Vec<String> = (0..10).map(user_id).collect();
     for id in &ids {
-        lookup(&c, app.main_addr(), id).await;
+        served(&c, app.main_addr(), id).await;
     }
     watcher(&c, &[app.admin_addr()]).await;
     app.shutdown().await;
@@ -368,7 +365,7 @@ async fn an_unusable_position_clears_every_tier_and_restarts() {
         "{s}"
     );
     for id in &ids {
-        let (version, tier) = lookup(&c, app.main_addr(), id).await;
+        let (version, tier) = served(&c, app.main_addr(), id).await;
         assert_eq!(
             (version, tier.as_str()),
             (2, "origin"),
@@ -376,14 +373,9 @@ async fn an_unusable_position_clears_every_tier_and_restarts() {
         );
     }
     let id = user_id(11);
-    assert_eq!(lookup(&c, app.main_addr(), &id).await.0, 1);
+    assert_eq!(served(&c, app.main_addr(), &id).await.0, 1);
     w.officer_update(&users, &id).await;
-    wait_until("later changes are applied", || {
-        let c = c.clone();
-        let (main, id) = (app.main_addr(), id.clone());
-        async move { lookup(&c, main, &id).await.0 == 2 }
-    })
-    .await;
+    wait_for_version(&c, app.main_addr(), &id, 2, "later changes are applied").await;
     app.shutdown().await;
 }
 
@@ -399,7 +391,7 @@ async fn bad_documents_are_counted_and_skipped() {
     let admin = app.admin_addr();
     watcher(&c, &[admin]).await;
     let good = user_id(5);
-    assert_eq!(lookup(&c, app.main_addr(), &good).await.0, 1);
+    assert_eq!(served(&c, app.main_addr(), &good).await.0, 1);
     users.insert_one(doc! {"name": "no id"}).await.unwrap();
     users.insert_one(doc! {"userId": 42_i64}).await.unwrap();
     users
@@ -408,11 +400,13 @@ async fn bad_documents_are_counted_and_skipped() {
         .unwrap();
     assert!(w.sim.update_user(&good));
     users.insert_one(doc! {"userId": &good}).await.unwrap();
-    wait_until("the good document is applied", || {
-        let c = c.clone();
-        let (main, id) = (app.main_addr(), good.clone());
-        async move { lookup(&c, main, &id).await.0 == 2 }
-    })
+    wait_for_version(
+        &c,
+        app.main_addr(),
+        &good,
+        2,
+        "the good document is applied",
+    )
     .await;
     let s = stream_stats(&c, admin).await;
     assert_eq!(s["bad_documents"], 3, "{s}");
@@ -445,8 +439,8 @@ async fn a_dropped_collection_clears_every_tier_and_restarts() {
     let app = start_proxy(&config).await;
     let admin = app.admin_addr();
     watcher(&c, &[admin]).await;
-    assert_eq!(lookup(&c, app.main_addr(), &id).await.0, 1);
-    assert_eq!(lookup(&c, app.main_addr(), &id).await.1, "memory");
+    assert_eq!(served(&c, app.main_addr(), &id).await.0, 1);
+    assert_eq!(served(&c, app.main_addr(), &id).await.1, "memory");
     users.drop().await.unwrap();
     wait_for_metric(
         &c,
@@ -458,16 +452,18 @@ async fn a_dropped_collection_clears_every_tier_and_restarts() {
     )
     .await;
     assert_eq!(
-        lookup(&c, app.main_addr(), &id).await.1,
+        served(&c, app.main_addr(), &id).await.1,
         "origin",
         "memory, Redis and Mongo were cleared"
     );
     w.officer_update(&users, &id).await;
-    wait_until("changes after the drop are applied", || {
-        let c = c.clone();
-        let (main, id) = (app.main_addr(), id.clone());
-        async move { lookup(&c, main, &id).await.0 == 2 }
-    })
+    wait_for_version(
+        &c,
+        app.main_addr(),
+        &id,
+        2,
+        "changes after the drop are applied",
+    )
     .await;
     app.shutdown().await;
 }
@@ -486,7 +482,7 @@ async fn history_lost_while_away_clears_every_tier() {
     let app = start_proxy(&config).await;
     watcher(&c, &[app.admin_addr()]).await;
     let id = user_id(1);
-    lookup(&c, app.main_addr(), &id).await;
+    served(&c, app.main_addr(), &id).await;
     app.shutdown().await;
     w.officer_update(&users, &id).await;
     // SecantusDB trims its oplog every 1 000 writes: past that, the
@@ -506,7 +502,7 @@ async fn history_lost_while_away_clears_every_tier() {
     let s = stream_stats(&c, app.admin_addr()).await;
     assert_eq!(s["restarts"], 1, "{s}");
     assert_eq!(
-        lookup(&c, app.main_addr(), &id).await,
+        served(&c, app.main_addr(), &id).await,
         (2, "origin".to_string()),
         "Redis and Mongo were cleared"
     );
@@ -538,7 +534,7 @@ async fn a_lost_server_is_retried_and_the_stream_resumes() {
     })
     .await;
     assert_eq!(
-        lookup(&c, app.main_addr(), &id).await.0,
+        served(&c, app.main_addr(), &id).await.0,
         1,
         "still answered"
     );
@@ -546,11 +542,13 @@ async fn a_lost_server_is_retried_and_the_stream_resumes() {
     watcher(&c, &[admin]).await;
     let users = w.coll("users").await;
     w.officer_update(&users, &id).await;
-    wait_until("the change after the outage is applied", || {
-        let c = c.clone();
-        let (main, id) = (app.main_addr(), id.clone());
-        async move { lookup(&c, main, &id).await.0 == 2 }
-    })
+    wait_for_version(
+        &c,
+        app.main_addr(),
+        &id,
+        2,
+        "the change after the outage is applied",
+    )
     .await;
     let s = stream_stats(&c, admin).await;
     assert!(s["errors"].as_u64() >= Some(1), "{s}");

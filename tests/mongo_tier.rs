@@ -16,22 +16,6 @@ use profile_edge::testkit::user_id;
 use serde_json::{json, Value};
 use support::*;
 
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
-async fn lookup(c: &HttpClient, main: std::net::SocketAddr, id: &str) -> (u64, String) {
-    let (status, headers, body) = get(c, &format!("http://{main}/api/users/{id}")).await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let tier = headers
-        .get("x-cache-tier")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    (json(&body)["version"].as_u64().expect("version"), tier)
-}
-
 async fn stats(c: &HttpClient, admin: std::net::SocketAddr) -> Value {
     let (_, _, body) = get(c, &format!("http://{admin}/admin/stats")).await;
     json(&body)
@@ -86,14 +70,14 @@ async fn a_warm_snapshot_collection_answers_without_the_origin() {
     let calls = sim.stats().origin_calls();
     for id in &ids {
         assert_eq!(
-            lookup(&c, reader.main_addr(), id).await,
+            served(&c, reader.main_addr(), id).await,
             (1, "mongo".to_string()),
             "{id}"
         );
     }
     assert_eq!(sim.stats().origin_calls(), calls, "0 origin calls");
     for id in &ids {
-        assert_eq!(lookup(&c, reader.main_addr(), id).await.1, "memory");
+        assert_eq!(served(&c, reader.main_addr(), id).await.1, "memory");
     }
     let keys: Vec<String> = ids.iter().map(|id| format!("pe:test:{id}")).collect();
     let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
@@ -140,13 +124,13 @@ async fn a_dead_server_is_skipped_and_used_again_when_back() {
     let c = client();
     let filler = start_proxy(&config).await;
     for i in 0..50 {
-        lookup(&c, filler.main_addr(), &user_id(i)).await;
+        served(&c, filler.main_addr(), &user_id(i)).await;
     }
     filler.shutdown().await;
     let app = start_proxy(&config).await;
     mongo.0.kill();
     for i in 100..120 {
-        assert_eq!(lookup(&c, app.main_addr(), &user_id(i)).await.1, "origin");
+        assert_eq!(served(&c, app.main_addr(), &user_id(i)).await.1, "origin");
     }
     assert_eq!(
         stats(&c, app.admin_addr()).await["tiers"]["mongo"]["breaker_open"],
@@ -160,7 +144,7 @@ async fn a_dead_server_is_skipped_and_used_again_when_back() {
         let id = user_id(next % 50);
         let c = c.clone();
         let main = app.main_addr();
-        async move { lookup(&c, main, &id).await.1 == "mongo" }
+        async move { served(&c, main, &id).await.1 == "mongo" }
     })
     .await;
     assert_eq!(
@@ -179,7 +163,7 @@ async fn a_removal_is_a_versioned_tombstone() {
     let app = start_proxy(&profile_config(&sim.officer_url(), &mongo.tier_config())).await;
     let c = client();
     let id = user_id(3);
-    lookup(&c, app.main_addr(), &id).await;
+    served(&c, app.main_addr(), &id).await;
     assert_eq!(
         snapshot(&mongo, &id).await.unwrap().get_i64("version"),
         Ok(0)
@@ -201,7 +185,7 @@ async fn a_removal_is_a_versioned_tombstone() {
     );
     assert!(tomb.get("profile").is_none());
     assert_eq!(
-        lookup(&c, app.main_addr(), &id).await,
+        served(&c, app.main_addr(), &id).await,
         (2, "origin".to_string())
     );
     let doc = snapshot(&mongo, &id).await.unwrap();
@@ -229,7 +213,7 @@ async fn a_superseded_load_on_another_instance_cannot_write_back() {
     let held = {
         let main = b.main_addr();
         let id = id.clone();
-        tokio::spawn(async move { lookup(&client(), main, &id).await })
+        tokio::spawn(async move { served(&client(), main, &id).await })
     };
     wait_until("B's load is at the origin", || async {
         sim.stats().held.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -317,7 +301,7 @@ async fn start_up_without_a_server_stops_nothing() {
     assert_eq!(status, StatusCode::OK);
     for i in 0..5 {
         assert_eq!(
-            lookup(&c, app.main_addr(), &user_id(i)).await,
+            served(&c, app.main_addr(), &user_id(i)).await,
             (1, "origin".to_string())
         );
     }

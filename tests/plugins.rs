@@ -26,11 +26,6 @@ fn wasm(rel: &str) -> PathBuf {
     p
 }
 
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 /// Config with the sim as Officer and Posts, and one enrich route on
 /// `/api/posts` using plugin `feed`, whose section is `plugin` (TOML lines).
 fn enrich_config(sim: &SimOrigin, plugin: &str) -> String {

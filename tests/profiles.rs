@@ -12,13 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use http::{Method, StatusCode};
 use profile_edge::testkit::{user_id, SimMode};
-use serde_json::Value;
 use support::*;
-
-fn json(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
 
 fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")

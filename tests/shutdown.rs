@@ -18,6 +18,22 @@ fn alive() -> usize {
         .num_alive_tasks()
 }
 
+/// Waits until the runtime holds no more tasks than `before`: connection
+/// tasks end with the drain, and the runtime reaps the last of them a
+/// moment later (a condition, not a timing verdict; 20 s safety net).
+async fn back_to(before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} tasks alive after shutdown, {before} before start",
+            alive()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One request on its own connection (`Connection: close`), so the test's
 /// client leaves no pooled connection task behind.
 async fn get_once(addr: std::net::SocketAddr, path: &str) -> u16 {
@@ -90,18 +106,7 @@ async fn no_task_outlives_app_shutdown() {
         "tasks left: {:?}",
         tasks.running_names()
     );
-    // Connection tasks end with the drain; give the runtime a moment to
-    // reap the last of them (a condition, not a timing verdict).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive() > before {
-        assert!(
-            Instant::now() < deadline,
-            "{} tasks alive after shutdown, {before} before start",
-            alive()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    back_to(before).await;
     sim.shutdown().await;
 }
 
@@ -170,15 +175,6 @@ async fn no_mongodb_task_outlives_app_shutdown() {
         "tasks left: {:?}",
         tasks.running_names()
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive() > before {
-        assert!(
-            Instant::now() < deadline,
-            "{} tasks alive after shutdown, {before} before start",
-            alive()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    back_to(before).await;
     sim.shutdown().await;
 }

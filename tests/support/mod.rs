@@ -293,6 +293,25 @@ pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, HeaderMap, Byte
 }
 
 /// Parses a proxy error body and checks it has the SPEC shape.
+/// A JSON body, or a failure that shows what came instead.
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// The profile version `main` serves for `id` (the simulated Officer's
+/// `version` field), and the `x-cache-tier` it came from.
+pub async fn served(client: &HttpClient, main: SocketAddr, id: &str) -> (u64, String) {
+    let (status, headers, body) = get(client, &format!("http://{main}/api/users/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let tier = headers
+        .get("x-cache-tier")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (json(&body)["version"].as_u64().expect("version"), tier)
+}
+
 pub fn error_json(body: &[u8]) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
         panic!(
