@@ -15,6 +15,7 @@ mod profiles;
 mod server;
 mod tiers;
 mod upstreams;
+mod warm_up;
 
 pub use admin::AdminConfig;
 pub use backplane::{BackplaneConfig, BackplaneSettings};
@@ -26,6 +27,7 @@ pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisTierConfig, TiersConfig};
 pub use upstreams::{parse_base_url, UpstreamConfig, OFFICER};
+pub use warm_up::{WarmUpConfig, MAX_WARM_IDS};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +50,7 @@ pub struct Config {
     pub enrich: Vec<EnrichRoute>,
     pub invalidation: Option<InvalidationConfig>,
     pub backplane: Option<BackplaneConfig>,
+    pub warm_up: Option<WarmUpConfig>,
     pub log: LogConfig,
 }
 
@@ -153,6 +156,9 @@ impl Config {
         }
         if let Some(b) = &self.backplane {
             out.extend(b.validate(self));
+        }
+        if let Some(w) = &self.warm_up {
+            out.extend(w.validate());
         }
         out.extend(self.log.validate());
         out
