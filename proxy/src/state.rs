@@ -19,6 +19,7 @@ use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::plugin::registry::Plugins;
+use crate::warm_up::WarmUp;
 
 /// Everything derived from one config file, built before it is published.
 pub struct Runtime {
@@ -106,6 +107,9 @@ pub struct State {
     pub invalidations: Arc<Invalidations>,
     /// The WebAssembly policies the config names. Lives across reloads.
     pub plugins: Arc<Plugins>,
+    /// Request counting and warm-ups (`[warm_up]`, `POST /admin/warm`).
+    /// Lives across reloads.
+    pub warm_up: WarmUp,
     ready: AtomicBool,
     /// Every background task; drained by `App::shutdown`.
     pub tasks: Tasks,
@@ -150,12 +154,15 @@ impl State {
             file: "(plugins)".into(),
             problems: vec![Problem::new("plugins", e.to_string())],
         })?;
+        // Last: it may start a task, and nothing after it can fail.
+        let warm_up = WarmUp::new(&runtime.config, profiles.clone(), &metrics, tasks.clone());
         Ok(State {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             profiles,
             invalidations: Arc::new(invalidations),
             plugins,
+            warm_up,
             ready: AtomicBool::new(false),
             tasks,
             config_path,

@@ -90,6 +90,7 @@ impl AdminRouter {
                 stats["ready"] = json!(self.state.is_ready());
                 stats["plugins"] = self.state.plugins.versions();
                 stats["backplane"] = self.state.invalidations.stats();
+                stats["warm_up"] = self.state.warm_up.stats();
                 Ok(json_response(StatusCode::OK, &stats))
             }
             (Method::GET, "/admin/plugins") => {

@@ -133,6 +133,8 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
             problems: vec![p],
         });
     }
+    // Infallible, so after everything that can still reject the file.
+    state.warm_up.reconfigure(&runtime.config, &diff);
     staged.commit();
     let warnings: Vec<String> = opened_admin(&state.runtime(), &runtime)
         .into_iter()
