@@ -155,7 +155,7 @@ fn opened_admin(old: &Runtime, new: &Runtime) -> Option<String> {
     (old.admin_token.is_some() && new.admin_token.is_none()).then(|| {
         format!(
             "admin.token was removed: the mutating endpoints on {} (/admin/reload, \
-             /admin/events, cache purges) now accept requests without a bearer token",
+             /admin/events, /admin/warm, cache purges) now accept requests without a bearer token",
             new.config.admin.listen
         )
     })
