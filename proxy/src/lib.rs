@@ -5,7 +5,9 @@
 //! leaves through `http::upstream`; profile lookups go through `lookup`
 //! (tiers, fences, fail-safe), `coalesce` and `origin`. `state` holds the
 //! live config that `reload` swaps; `lifecycle` owns every background task;
-//! `admin` serves health, metrics and operations on a second listener.
+//! `admin` serves health, metrics and operations on a second listener;
+//! `warm_up` loads the most requested profiles again before they are asked
+//! for.
 
 pub mod admin;
 pub mod app;
@@ -27,6 +29,7 @@ pub mod routes;
 pub mod state;
 pub mod tier;
 pub mod units;
+pub mod warm_up;
 
 pub use app::App;
 pub use config::Config;

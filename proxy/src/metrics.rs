@@ -30,6 +30,11 @@ pub const BACKPLANE_OUTCOMES: [(&str, &[&str]); 2] = [
     ("sent", &["ok", "failed", "dropped"]),
     ("received", &["applied", "own", "malformed", "foreign"]),
 ];
+/// `source` label values of the warm-up metrics: `POST /admin/warm` and the
+/// periodic `[warm_up]` runs.
+pub const WARM_UP_SOURCES: [&str; 2] = ["admin", "periodic"];
+/// `outcome` label values of `profile_edge_warm_up_ids_total`.
+pub const WARM_UP_OUTCOMES: [&str; 4] = ["cached", "loaded", "not_found", "failed"];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
 pub struct Metrics {
@@ -69,6 +74,14 @@ pub struct Metrics {
     pub change_stream_restarts: IntCounterVec,
     /// Stored posts whose author snapshot was rewritten.
     pub post_snapshots_refreshed: IntCounter,
+    /// Ids a warm-up looked up, by source (admin|periodic) and outcome.
+    pub warm_up_ids: IntCounterVec,
+    /// Warm-ups by source: accepted `POST /admin/warm` requests, periodic
+    /// runs that had ids to load.
+    pub warm_up_runs: IntCounterVec,
+    /// Client lookups not counted for the periodic warm-up because
+    /// `warm_up.max_tracked` distinct ids were already counted that interval.
+    pub warm_up_untracked: IntCounter,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -177,6 +190,27 @@ impl Metrics {
             "Memory tiers cleared because the backplane could not tell which invalidations were missed.",
         )
         .unwrap_or_else(|e| unreachable_metric(e));
+        let warm_up_ids = counter_vec(
+            "profile_edge_warm_up_ids_total",
+            "Ids looked up by a warm-up, by source (admin|periodic) and outcome (cached|loaded|not_found|failed).",
+            &["source", "outcome"],
+        );
+        let warm_up_runs = counter_vec(
+            "profile_edge_warm_up_runs_total",
+            "Warm-ups by source (admin: accepted POST /admin/warm requests; periodic: runs with ids to load).",
+            &["source"],
+        );
+        for source in WARM_UP_SOURCES {
+            warm_up_runs.with_label_values(&[source]);
+            for outcome in WARM_UP_OUTCOMES {
+                warm_up_ids.with_label_values(&[source, outcome]);
+            }
+        }
+        let warm_up_untracked = IntCounter::new(
+            "profile_edge_warm_up_untracked_total",
+            "Client lookups not counted for the periodic warm-up: warm_up.max_tracked distinct ids were already counted in that interval.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
 
         let change_stream_events = counter_vec(
             "profile_edge_change_stream_events_total",
@@ -237,6 +271,9 @@ impl Metrics {
             change_stream_events,
             change_stream_restarts,
             post_snapshots_refreshed,
+            warm_up_ids,
+            warm_up_runs,
+            warm_up_untracked,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -260,6 +297,9 @@ impl Metrics {
             Box::new(m.change_stream_events.clone()),
             Box::new(m.change_stream_restarts.clone()),
             Box::new(m.post_snapshots_refreshed.clone()),
+            Box::new(m.warm_up_ids.clone()),
+            Box::new(m.warm_up_runs.clone()),
+            Box::new(m.warm_up_untracked.clone()),
         ];
         for c in collectors {
             m.registry
@@ -351,6 +391,9 @@ mod tests {
             "profile_edge_backplane_messages_total",
             "profile_edge_backplane_connected",
             "profile_edge_invalidation_propagation_seconds",
+            "profile_edge_warm_up_ids_total",
+            "profile_edge_warm_up_runs_total",
+            "profile_edge_warm_up_untracked_total",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

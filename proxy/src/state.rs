@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::mongo::change_stream::ChangeStreams;
 use crate::mongo::post_snapshots::PostSnapshots;
 use crate::plugin::registry::Plugins;
+use crate::warm_up::WarmUp;
 
 /// Everything derived from one config file, built before it is published.
 pub struct Runtime {
@@ -113,6 +114,9 @@ pub struct State {
     /// The `[[change_streams]]` watchers; started by `App` once the state
     /// is shared. Lives across reloads.
     pub streams: ChangeStreams,
+    /// Request counting and warm-ups (`[warm_up]`, `POST /admin/warm`).
+    /// Lives across reloads.
+    pub warm_up: WarmUp,
     ready: AtomicBool,
     /// Every background task; drained by `App::shutdown`.
     pub tasks: Tasks,
@@ -159,6 +163,8 @@ impl State {
         })?;
         let posts = PostSnapshots::new(&runtime.config, metrics.clone());
         let streams = ChangeStreams::new(metrics.clone(), tasks.clone());
+        // Last: it may start a task, and nothing after it can fail.
+        let warm_up = WarmUp::new(&runtime.config, profiles.clone(), &metrics, tasks.clone());
         Ok(State {
             posts,
             streams,
@@ -167,6 +173,7 @@ impl State {
             profiles,
             invalidations: Arc::new(invalidations),
             plugins,
+            warm_up,
             ready: AtomicBool::new(false),
             tasks,
             config_path,

@@ -92,6 +92,7 @@ impl AdminRouter {
                 stats["backplane"] = self.state.invalidations.stats();
                 stats["change_streams"] = self.state.streams.stats();
                 stats["post_snapshots"] = self.state.posts.stats();
+                stats["warm_up"] = self.state.warm_up.stats();
                 Ok(json_response(StatusCode::OK, &stats))
             }
             (Method::GET, "/admin/plugins") => {
@@ -108,6 +109,19 @@ impl AdminRouter {
                 let done = crate::admin::events::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
+            (Method::POST, "/admin/warm") => {
+                // Token first: an unauthorized request reads no body and
+                // loads nothing.
+                self.authorize(&req)?;
+                let server = &self.state.runtime().config.server;
+                let (limit, timeout) = (
+                    server.max_body_size.as_usize(),
+                    server.body_read_timeout.get(),
+                );
+                let body = crate::http::body::read_limited(req, limit, timeout).await?;
+                let done = crate::admin::warm::handle(&self.state, &body).await?;
+                Ok(json_response(StatusCode::OK, &done))
+            }
             (Method::DELETE, p) if p.starts_with(PURGE_PREFIX) => {
                 self.authorize(&req)?;
                 let id = self
@@ -121,7 +135,7 @@ impl AdminRouter {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/reload" | "/admin/stats"
-                | "/admin/plugins" | "/admin/events",
+                | "/admin/plugins" | "/admin/events" | "/admin/warm",
             ) => Err(ProxyError::MethodNotAllowed(format!(
                 "{} is not allowed on {path}",
                 req.method()

@@ -17,6 +17,7 @@ mod profiles;
 mod server;
 mod tiers;
 mod upstreams;
+mod warm_up;
 
 pub use admin::AdminConfig;
 pub use backplane::{BackplaneConfig, BackplaneSettings};
@@ -30,6 +31,7 @@ pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisTierConfig, TiersConfig};
 pub use upstreams::{parse_base_url, UpstreamConfig, OFFICER};
+pub use warm_up::{WarmUpConfig, MAX_WARM_IDS};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +56,7 @@ pub struct Config {
     pub backplane: Option<BackplaneConfig>,
     pub change_streams: Vec<ChangeStreamConfig>,
     pub post_snapshots: Option<PostSnapshotsConfig>,
+    pub warm_up: Option<WarmUpConfig>,
     pub log: LogConfig,
 }
 
@@ -163,6 +166,9 @@ impl Config {
         out.extend(change_streams::validate_change_streams(self));
         if let Some(p) = &self.post_snapshots {
             out.extend(p.validate(self));
+        }
+        if let Some(w) = &self.warm_up {
+            out.extend(w.validate());
         }
         out.extend(self.log.validate());
         out

@@ -151,6 +151,12 @@ impl Profiles {
         self.chain.load().ids.clone()
     }
 
+    /// The batching parameters in force (`[coalescing]`), for callers that
+    /// pace their own load, like the warm-up.
+    pub fn batch_params(&self) -> coalesce::BatchParams {
+        self.chain.load().batcher.params()
+    }
+
     /// One id against the rules in force, without taking a copy of them
     /// (the single-profile route's hot path).
     pub fn check_id(&self, field: &str, id: &str) -> Result<(), IdError> {

@@ -6,7 +6,7 @@
 //! `server`, `admin`, `upstreams` and `upstreams.NAME`, `profiles`,
 //! `coalescing`, `tiers`, `tiers.memory`, `tiers.redis` and `tiers.mongo`, `fail_safe`,
 //! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`,
-//! `change_streams`, `post_snapshots`, `log`. A section
+//! `change_streams`, `post_snapshots`, `warm_up`, `log`. A section
 //! that was added or removed counts as changed. It compares config values
 //! only: a certificate or plugin file whose content changed under the same
 //! path is not in it (certificates are re-read on every reload, plugin
@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Config;
 
 /// The sections without a NAME part, in file order.
-const SECTIONS: [&str; 17] = [
+const SECTIONS: [&str; 18] = [
     "server",
     "admin",
     "upstreams",
@@ -34,6 +34,7 @@ const SECTIONS: [&str; 17] = [
     "backplane",
     "change_streams",
     "post_snapshots",
+    "warm_up",
     "log",
 ];
 
@@ -73,6 +74,7 @@ impl ConfigDiff {
             ("backplane", old.backplane != new.backplane),
             ("change_streams", old.change_streams != new.change_streams),
             ("post_snapshots", old.post_snapshots != new.post_snapshots),
+            ("warm_up", old.warm_up != new.warm_up),
             ("log", old.log != new.log),
         ];
         for (key, changed) in sections {
@@ -255,6 +257,23 @@ mod tests {
         let d = ConfigDiff::new(&old, &new);
         assert!(d.changed("tiers") && d.changed("tiers.redis"));
         assert!(!d.changed("tiers.memory"));
+    }
+
+    #[test]
+    fn warm_up_added_changed_and_removed() {
+        let old = Config::default();
+        let mut on = old.clone();
+        on.warm_up = Some(crate::config::WarmUpConfig::default());
+        let mut shorter = on.clone();
+        if let Some(w) = shorter.warm_up.as_mut() {
+            w.interval = Dur::secs(60);
+        }
+        for (a, b) in [(&old, &on), (&on, &shorter), (&shorter, &old)] {
+            let d = ConfigDiff::new(a, b);
+            assert_eq!(sections(&d), vec!["warm_up"]);
+            assert!(d.needs_restart().is_empty(), "applied on reload");
+        }
+        assert!(ConfigDiff::new(&on, &on.clone()).is_empty());
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
     }
     state.posts.reconfigure(&runtime.config);
     state.streams.apply(&runtime.config);
+    // Infallible, so after everything that can still reject the file.
+    state.warm_up.reconfigure(&runtime.config, &diff);
     staged.commit();
     let warnings: Vec<String> = opened_admin(&state.runtime(), &runtime)
         .into_iter()
@@ -155,7 +157,7 @@ fn opened_admin(old: &Runtime, new: &Runtime) -> Option<String> {
     (old.admin_token.is_some() && new.admin_token.is_none()).then(|| {
         format!(
             "admin.token was removed: the mutating endpoints on {} (/admin/reload, \
-             /admin/events, cache purges) now accept requests without a bearer token",
+             /admin/events, /admin/warm, cache purges) now accept requests without a bearer token",
             new.config.admin.listen
         )
     })

@@ -16,6 +16,7 @@ use crate::http::error::ProxyError;
 use crate::lookup::{CacheStatus, IdRules, Profiles};
 use crate::metrics::Metrics;
 use crate::tier::TierKind;
+use crate::warm_up::WarmUp;
 
 #[derive(Deserialize)]
 struct BatchRequest {
@@ -40,16 +41,19 @@ pub fn parse_body(bytes: &[u8], rules: &IdRules) -> Result<Vec<String>, ProxyErr
 }
 
 /// `POST /api/users/batch`: `{"ids": [...]}` -> `{"users": [...]}`; each
-/// known id once, in the order asked, unknown ids absent.
+/// known id once, in the order asked, unknown ids absent. Each distinct id
+/// counts once for the periodic warm-up.
 pub async fn batch(
     req: Request<Incoming>,
     profiles: &Arc<Profiles>,
     metrics: &Metrics,
+    warm_up: &WarmUp,
     max_body: usize,
     body_timeout: Duration,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_limited(req, max_body, body_timeout).await?;
     let ids = parse_body(&bytes, &profiles.ids())?;
+    warm_up.track_all(&ids);
 
     let results = profiles.get_many(&ids).await;
     let mut failed = 0;

@@ -172,10 +172,12 @@ async fn enrich_body(
 
 /// Looks up the ids a policy asked for, all at once (one coalesced batch
 /// for what is missing). Ids that fail the id pattern are skipped; ids that
-/// cannot be loaded are left out, like unknown ones.
+/// cannot be loaded are left out, like unknown ones. The authors of a feed
+/// are active users: each id counts for the periodic warm-up.
 async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
     let profiles = &state.profiles;
     let ids = profiles.ids().filter_list(wanted);
+    state.warm_up.track_all(&ids);
     let results = profiles.get_many(&ids).await;
     ids.into_iter()
         .zip(results)

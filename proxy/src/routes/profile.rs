@@ -14,18 +14,22 @@ use crate::http::error::ProxyError;
 use crate::lookup::{CacheStatus, IdError, Profiles};
 use crate::metrics::Metrics;
 use crate::tier::TierKind;
+use crate::warm_up::WarmUp;
 
 static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 static X_CACHE_TIER: header::HeaderName = header::HeaderName::from_static("x-cache-tier");
 
-/// `GET /api/users/{id}`.
+/// `GET /api/users/{id}`. The id counts for the periodic warm-up once it
+/// has passed the check.
 pub async fn get_profile(
     profiles: &Arc<Profiles>,
     metrics: &Metrics,
+    warm_up: &WarmUp,
     raw_id: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let id = profiles.check_path_id("id", raw_id).map_err(id_error)?;
     let id = id.as_ref();
+    warm_up.track(id);
     let loaded = profiles.get(id).await.map_err(|e| e.into_proxy_error())?;
     if loaded.stale {
         metrics.stale_served.inc();

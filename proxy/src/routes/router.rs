@@ -106,7 +106,7 @@ impl MainRouter {
         match route {
             Route::Profile => {
                 let id = profile_id(req.uri().path(), &rt.user_prefix).unwrap_or_default();
-                profile::get_profile(&state.profiles, &state.metrics, id).await
+                profile::get_profile(&state.profiles, &state.metrics, &state.warm_up, id).await
             }
             Route::Batch => {
                 let server = &rt.config.server;
@@ -114,7 +114,15 @@ impl MainRouter {
                     server.max_body_size.as_usize(),
                     server.body_read_timeout.get(),
                 );
-                batch::batch(req, &state.profiles, &state.metrics, max_body, timeout).await
+                batch::batch(
+                    req,
+                    &state.profiles,
+                    &state.metrics,
+                    &state.warm_up,
+                    max_body,
+                    timeout,
+                )
+                .await
             }
             Route::Enrich(i) => match rt.config.enrich.get(i) {
                 Some(route) => enrich::handle(req, conn, rt, route, state).await,

@@ -125,6 +125,9 @@ pub struct SimStats {
     /// Officer requests waiting at the gate ([`SimOrigin::hold_officer`]).
     pub held: AtomicU64,
     batch_sizes: Mutex<Vec<usize>>,
+    /// Per id, the profile calls (single, or batch naming it) that asked
+    /// for it; bounded by the distinct ids asked for.
+    asked: Mutex<HashMap<String, u64>>,
 }
 
 impl SimStats {
@@ -148,6 +151,28 @@ impl SimStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// How many profile calls (single, or a batch naming it) asked for `id`
+    /// since start or the last reset.
+    pub fn times_asked(&self, id: &str) -> u64 {
+        self.asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn record_asked<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            *asked.entry(id.clone()).or_default() += 1;
+        }
     }
 
     /// Every batch size seen since start or the last reset, in arrival order.
@@ -711,10 +736,16 @@ async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
         _ => None,
     };
     match (&route, &batch) {
-        (OfficerRoute::Single(_), _) => {
+        (OfficerRoute::Single(id), _) => {
             stats.single_calls.fetch_add(1, Ordering::SeqCst);
+            stats.record_asked([id]);
         }
-        (OfficerRoute::Batch, Some(Ok(ids))) => stats.record_batch(ids.len()),
+        (OfficerRoute::Batch, Some(Ok(ids))) => {
+            stats.record_batch(ids.len());
+            // A batch naming an id twice asked for it once.
+            let distinct: HashSet<&String> = ids.iter().collect();
+            stats.record_asked(distinct);
+        }
         (OfficerRoute::Batch, _) => {
             stats.batch_calls.fetch_add(1, Ordering::SeqCst);
         }

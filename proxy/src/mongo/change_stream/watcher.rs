@@ -352,9 +352,6 @@ impl Watcher {
             }
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .users_applied
-            .fetch_add(users.len() as u64, Ordering::Relaxed);
         futures_util::stream::iter(users)
             .for_each_concurrent(APPLY_CONCURRENCY, |user| async move {
                 let text = json!({
@@ -367,6 +364,8 @@ impl Watcher {
                 match policy::parse(text.as_bytes(), &state.profiles.ids()) {
                     Ok(event) => {
                         let done = policy::apply(state, &event, "change-stream").await;
+                        // Counted once done: stats say what has taken effect.
+                        self.stats.users_applied.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(stream = name, %user, %done, "change applied");
                     }
                     // The id passed the same rules in `classify`; only a
