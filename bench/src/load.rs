@@ -124,6 +124,11 @@ impl H1 {
     }
 
     pub async fn send(&mut self, req: &Req) -> Result<Reply> {
+        self.send_within(req, REQUEST_TIMEOUT).await
+    }
+
+    /// `send` with a time limit of the caller's (a slow admin operation).
+    pub async fn send_within(&mut self, req: &Req, limit: Duration) -> Result<Reply> {
         let request = build(req, req.path.clone(), Some(&self.host))?;
         let fut = async {
             self.sender
@@ -137,9 +142,9 @@ impl H1 {
                 .with_context(|| format!("{} {}", req.method, req.path))?;
             finish(resp).await
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        tokio::time::timeout(limit, fut)
             .await
-            .map_err(|_| anyhow!("{} {} timed out", req.method, req.path))?
+            .map_err(|_| anyhow!("{} {} timed out after {limit:?}", req.method, req.path))?
     }
 }
 

@@ -27,7 +27,8 @@ use scenarios::{Ctx, SCENARIOS};
 const USAGE: &str = "usage: profile-edge-bench [--quick] [--only NAME] [--no-build] [--no-write]
 
   --quick      short smoke run (1 round per comparison, smaller counts)
-  --only NAME  run one scenario: warm, cold, zipf, enrich, reload, redis, memory, backplane
+  --only NAME  run one scenario: warm, cold, zipf, enrich, reload, redis, memory, backplane,
+               mongo
   --no-build   do not run `cargo build --release -p profile-edge` first
   --no-write   print only; leave bench/RESULTS.md alone";
 

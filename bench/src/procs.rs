@@ -1,6 +1,7 @@
-//! Child processes the bench starts (the proxy, nginx, redis-server), each
-//! behind a guard that stops its whole process group on drop, including on
-//! errors and Ctrl-C; free loopback ports; the proxy's generated config.
+//! Child processes the bench starts (the proxy, nginx, redis-server,
+//! SecantusDB), each behind a guard that stops its whole process group on
+//! drop, including on errors and Ctrl-C; free loopback ports; the proxy's
+//! generated config.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -132,6 +133,9 @@ pub struct ProxyOpts {
     pub negative_ttl: String,
     /// `[backplane]` on the Redis tier's connection.
     pub backplane: bool,
+    /// Further TOML sections, written verbatim after the others (the Mongo
+    /// tier, change streams, post snapshots).
+    pub extra: String,
 }
 
 impl ProxyOpts {
@@ -145,11 +149,12 @@ impl ProxyOpts {
             invalidation_plugin: None,
             negative_ttl: "30s".into(),
             backplane: false,
+            extra: String::new(),
         }
     }
 }
 
-fn toml_str(s: &str) -> String {
+pub fn toml_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
@@ -195,6 +200,9 @@ pub fn proxy_config(listen: SocketAddr, admin: SocketAddr, o: &ProxyOpts) -> Str
             "[plugins.invalidate-profile]\npath = {}\n\n[invalidation]\nplugin = \"invalidate-profile\"\n",
             toml_str(&p.display().to_string())
         );
+    }
+    if !o.extra.is_empty() {
+        let _ = writeln!(t, "{}\n", o.extra.trim_end());
     }
     let _ = writeln!(t, "[log]\nlevel = \"warn\"");
     t
@@ -364,6 +372,55 @@ impl Redis {
 
     pub fn url(&self) -> String {
         self.guard.0.url()
+    }
+}
+
+/// A MongoDB-protocol server: the harness the integration tests use
+/// (`tests/harness`), which starts SecantusDB (`secantusd-py`, GPL-2.0, run
+/// only as a separate process) on a free loopback port, or names
+/// `MONGODB_URI`'s server when that is set. Stopped on drop.
+pub struct Mongo {
+    server: profile_edge_harness::MongoServer,
+    client: mongodb::Client,
+}
+
+impl Mongo {
+    pub async fn start() -> Result<Mongo> {
+        let server = profile_edge_harness::MongoServer::start()
+            .await
+            .context("starting a MongoDB-protocol server")?;
+        let mut opts = mongodb::options::ClientOptions::parse(server.uri())
+            .await
+            .with_context(|| format!("MongoDB URI {}", server.uri()))?;
+        opts.app_name = Some("profile-edge-bench".into());
+        opts.server_selection_timeout = Some(Duration::from_secs(30));
+        let client = mongodb::Client::with_options(opts).context("MongoDB client")?;
+        Ok(Mongo { server, client })
+    }
+
+    pub fn uri(&self) -> &str {
+        self.server.uri()
+    }
+
+    /// The bench's database (a name no other handle uses).
+    pub fn db(&self) -> mongodb::Database {
+        self.client.database(self.server.database())
+    }
+
+    pub fn database(&self) -> &str {
+        self.server.database()
+    }
+
+    /// What the server is, for the report.
+    pub fn describe(&self) -> String {
+        if self.server.is_local() {
+            format!(
+                "SecantusDB {} (`secantusd-py`, a Python server speaking the MongoDB wire protocol over WiredTiger), a separate process on loopback",
+                profile_edge_harness::SECANTUSDB_VERSION
+            )
+        } else {
+            "the server `MONGODB_URI` names".to_string()
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod backplane;
 mod cold;
 mod enrich;
 mod memory;
+mod mongo;
 mod redis_tier;
 mod reload;
 mod warm;
@@ -50,6 +51,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "backplane",
         "8. Backplane: invalidation propagation across 3 instances; warm hits with it on vs off",
     ),
+    (
+        "mongo",
+        "9. MongoDB: Mongo-tier vs Redis-tier hits; change-stream lag across 3 instances; post snapshot refresh",
+    ),
 ];
 
 pub struct Ctx {
@@ -88,6 +93,7 @@ pub async fn run(key: &'static str, ctx: &Ctx) -> Section {
         "redis" => redis_tier::run(ctx, &mut sec).await,
         "memory" => memory::run(ctx, &mut sec).await,
         "backplane" => backplane::run(ctx, &mut sec).await,
+        "mongo" => mongo::run(ctx, &mut sec).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
     };
     if let Err(e) = result {
