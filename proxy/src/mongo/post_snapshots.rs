@@ -6,8 +6,9 @@
 //! know), made from the profile as the lookup path has it now.
 //!
 //! Posts are rewritten in batches of `batch_size`, walked by `_id`: one
-//! find of the next ids, one `update_many` of exactly those, so no single
-//! write holds the collection for long however many posts a user has.
+//! find of the batch's last `_id`, one `update_many` of the user's posts in
+//! that `_id` range, so no single write holds the collection for long
+//! however many posts a user has.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -145,33 +146,41 @@ impl PostSnapshots {
             .await?
             .database(&cfg.database)
             .collection::<Document>(&cfg.collection);
+        let of = |range: &Document| {
+            let mut f = doc! {cfg.user_field.as_str(): id};
+            if !range.is_empty() {
+                f.insert("_id", range.clone());
+            }
+            f
+        };
         let mut after: Option<Bson> = None;
         let mut changed = 0;
         loop {
-            let mut filter = doc! {cfg.user_field.as_str(): id};
-            if let Some(last) = &after {
-                filter.insert("_id", doc! {"$gt": last.clone()});
+            let mut range = Document::new();
+            if let Some(last) = after.take() {
+                range.insert("$gt", last);
             }
+            // The batch's last post: the user's posts up to it are one
+            // range of `_id`, which the update matches without a list.
             let find = async {
-                coll.find(filter)
+                coll.find(of(&range))
                     .projection(doc! {"_id": 1})
                     .sort(doc! {"_id": 1})
-                    .limit(i64::from(cfg.batch_size))
+                    .skip(u64::from(cfg.batch_size - 1))
+                    .limit(1)
                     .await?
                     .try_collect::<Vec<Document>>()
                     .await
             };
-            let batch: Vec<Bson> = within(budget, find)
+            let edge = within(budget, find)
                 .await?
                 .into_iter()
-                .filter_map(|d| d.get("_id").cloned())
-                .collect();
-            let Some(last) = batch.last().cloned() else {
-                return Ok(changed);
-            };
-            let full = batch.len() == cfg.batch_size as usize;
+                .find_map(|d| d.get("_id").cloned());
+            if let Some(edge) = &edge {
+                range.insert("$lte", edge.clone());
+            }
             let update = coll.update_many(
-                doc! {"_id": {"$in": batch}, cfg.user_field.as_str(): id},
+                of(&range),
                 doc! {"$set": {cfg.snapshot_field.as_str(): snapshot.clone()}},
             );
             let r = within(budget, async { update.await }).await?;
@@ -179,10 +188,11 @@ impl PostSnapshots {
             self.metrics
                 .post_snapshots_refreshed
                 .inc_by(r.modified_count);
-            if !full {
-                return Ok(changed);
+            match edge {
+                // Fewer than a batch were left: that update took them all.
+                None => return Ok(changed),
+                Some(edge) => after = Some(edge),
             }
-            after = Some(last);
         }
     }
 
