@@ -660,3 +660,27 @@ async fn post_snapshots_follow_admin_events() {
     assert_eq!(json(&body)["post_snapshots"]["failures"], 1);
     app.shutdown().await;
 }
+
+/// `profile-edge check` names the change-stream and post-snapshot keys,
+/// without connecting and without showing a URI's password.
+#[test]
+fn check_names_change_stream_and_post_snapshot_keys() {
+    let err = check_names(
+        "[[change_streams]]\nname = \"a b\"\nuri = \"mongodb://u:hunter2@h:1\"\ndatabase = \"x.y\"\ncollection = \"users\"\n\
+         kind = \"profile-updates\"\nlease = \"500ms\"\n\n\
+         [post_snapshots]\nuri = \"mongo://u:hunter2@h\"\ndatabase = \"social\"\nsnapshot_field = \"userId\"\nbatch_size = 0\n",
+        &[
+            "change_streams[0].name",
+            "change_streams[0].database",
+            "change_streams[0].lease",
+            "post_snapshots.uri",
+            "post_snapshots.snapshot_field",
+            "post_snapshots.batch_size",
+        ],
+    );
+    assert!(!err.contains("hunter2"), "the password leaked:\n{err}");
+    check_names(
+        "[[change_streams]]\nname = \"s\"\ndatabase = \"d\"\ncollection = \"c\"\nkind = \"new-posts\"\n",
+        &["change_streams[0].uri", "change_streams[0].kind"],
+    );
+}

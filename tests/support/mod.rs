@@ -352,6 +352,21 @@ pub fn run_check(config: &Path) -> std::process::Output {
         .expect("running profile-edge check")
 }
 
+/// Runs `check` on a minimal config plus `sections`, asserts it refused
+/// the file naming each of `keys`, and answers its stderr.
+pub fn check_names(sections: &str, keys: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, config_text("http://127.0.0.1:9", sections)).unwrap();
+    let out = run_check(&path);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(out.status.code(), Some(0), "check accepted:\n{sections}");
+    for key in keys {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+    err
+}
+
 /// Runs `check` and asserts it accepted the file (stderr shown otherwise).
 pub fn check_ok(config: &Path) -> std::process::Output {
     let out = run_check(config);

@@ -100,12 +100,7 @@ impl AdminRouter {
             }
             (Method::POST, "/admin/events") => {
                 self.authorize(&req)?;
-                let server = &self.state.runtime().config.server;
-                let (limit, timeout) = (
-                    server.max_body_size.as_usize(),
-                    server.body_read_timeout.get(),
-                );
-                let body = crate::http::body::read_limited(req, limit, timeout).await?;
+                let body = self.read_body(req).await?;
                 let done = crate::admin::events::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
@@ -113,12 +108,7 @@ impl AdminRouter {
                 // Token first: an unauthorized request reads no body and
                 // loads nothing.
                 self.authorize(&req)?;
-                let server = &self.state.runtime().config.server;
-                let (limit, timeout) = (
-                    server.max_body_size.as_usize(),
-                    server.body_read_timeout.get(),
-                );
-                let body = crate::http::body::read_limited(req, limit, timeout).await?;
+                let body = self.read_body(req).await?;
                 let done = crate::admin::warm::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
@@ -142,6 +132,17 @@ impl AdminRouter {
             ))),
             _ => Err(ProxyError::NotFound(format!("no admin endpoint at {path}"))),
         }
+    }
+
+    /// A request body within the main listener's limits
+    /// (`server.max_body_size`, `server.body_read_timeout`).
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, ProxyError> {
+        let server = &self.state.runtime().config.server;
+        let (limit, timeout) = (
+            server.max_body_size.as_usize(),
+            server.body_read_timeout.get(),
+        );
+        crate::http::body::read_limited(req, limit, timeout).await
     }
 
     /// Checks the bearer token of a mutating request, when one is configured.
