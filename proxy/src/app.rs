@@ -227,6 +227,9 @@ impl App {
     pub async fn shutdown(mut self) {
         self.state.set_ready(false);
         let _ = self.stop_main.send(true);
+        // Streams never end by themselves: end them, so the drain below
+        // waits only for real requests.
+        self.state.notifications.close();
         let timeout = self.state.runtime().config.server.shutdown_timeout.get();
         tracing::info!(
             open_connections = self.main_drain.count(),

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod mongo;
+pub mod notifications;
 pub mod origin;
 pub mod plugin;
 pub mod reload;

@@ -19,7 +19,7 @@ const PLUGIN_BUCKETS: &[f64] = &[
 /// Values of the `route` label of `profile_edge_request_duration_seconds`.
 /// The deadlines a client can run into (`profile_edge_client_timeouts_total`).
 pub const CLIENT_TIMEOUTS: [&str; 4] = ["head", "idle", "write", "body"];
-pub const ROUTES: [&str; 4] = ["profile", "batch", "enrich", "passthrough"];
+pub const ROUTES: [&str; 5] = ["profile", "batch", "enrich", "passthrough", "notifications"];
 /// Propagation across instances: under a millisecond on loopback, seconds
 /// when a subscriber replays after a reconnect.
 const PROPAGATION_BUCKETS: &[f64] = &[
@@ -82,6 +82,16 @@ pub struct Metrics {
     /// Client lookups not counted for the periodic warm-up because
     /// `warm_up.max_tracked` distinct ids were already counted that interval.
     pub warm_up_untracked: IntCounter,
+    /// Open notification streams on this instance.
+    pub notification_subscribers: IntGauge,
+    /// Post events written to notification streams.
+    pub notifications_sent: IntCounter,
+    /// Events a stream skipped, by reason: lagged (the client fell more
+    /// than `client_queue` behind), unknown-last-event-id (a resume the
+    /// buffer no longer held); each is an `event: resync` to the client.
+    pub notifications_dropped: IntCounterVec,
+    /// Beyond the contract: posts sent unenriched, by reason (failed, deadline).
+    pub notifications_unenriched: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -228,6 +238,33 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric(e));
 
+        let notification_subscribers = IntGauge::new(
+            "profile_edge_notification_subscribers",
+            "Open notification streams (SSE) on this instance.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let notifications_sent = IntCounter::new(
+            "profile_edge_notifications_sent_total",
+            "Post events written to notification streams.",
+        )
+        .unwrap_or_else(|e| unreachable_metric(e));
+        let notifications_dropped = counter_vec(
+            "profile_edge_notifications_dropped_total",
+            "Events a notification stream skipped, by reason (lagged|unknown-last-event-id); each became an `event: resync`.",
+            &["reason"],
+        );
+        let notifications_unenriched = counter_vec(
+            "profile_edge_notifications_unenriched_total",
+            "New posts sent without enrichment, by reason (failed|deadline).",
+            &["reason"],
+        );
+        for reason in ["lagged", "unknown-last-event-id"] {
+            notifications_dropped.with_label_values(&[reason]);
+        }
+        for reason in ["failed", "deadline"] {
+            notifications_unenriched.with_label_values(&[reason]);
+        }
+
         for tier in ["memory", "redis", "mongo", "origin"] {
             for result in ["hit", "miss"] {
                 lookups.with_label_values(&[tier, result]);
@@ -274,6 +311,10 @@ impl Metrics {
             warm_up_ids,
             warm_up_runs,
             warm_up_untracked,
+            notification_subscribers,
+            notifications_sent,
+            notifications_dropped,
+            notifications_unenriched,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -297,6 +338,10 @@ impl Metrics {
             Box::new(m.change_stream_events.clone()),
             Box::new(m.change_stream_restarts.clone()),
             Box::new(m.post_snapshots_refreshed.clone()),
+            Box::new(m.notification_subscribers.clone()),
+            Box::new(m.notifications_sent.clone()),
+            Box::new(m.notifications_dropped.clone()),
+            Box::new(m.notifications_unenriched.clone()),
             Box::new(m.warm_up_ids.clone()),
             Box::new(m.warm_up_runs.clone()),
             Box::new(m.warm_up_untracked.clone()),

@@ -20,6 +20,7 @@ use crate::lookup::Profiles;
 use crate::metrics::Metrics;
 use crate::mongo::change_stream::ChangeStreams;
 use crate::mongo::post_snapshots::PostSnapshots;
+use crate::notifications::Notifications;
 use crate::plugin::registry::Plugins;
 use crate::warm_up::WarmUp;
 
@@ -114,6 +115,8 @@ pub struct State {
     /// The `[[change_streams]]` watchers; started by `App` once the state
     /// is shared. Lives across reloads.
     pub streams: ChangeStreams,
+    /// The notification stream (`[notifications]`). Lives across reloads.
+    pub notifications: Notifications,
     /// Request counting and warm-ups (`[warm_up]`, `POST /admin/warm`).
     /// Lives across reloads.
     pub warm_up: WarmUp,
@@ -163,11 +166,13 @@ impl State {
         })?;
         let posts = PostSnapshots::new(&runtime.config, metrics.clone());
         let streams = ChangeStreams::new(metrics.clone(), tasks.clone());
+        let notifications = Notifications::new(&runtime.config, metrics.clone());
         // Last: it may start a task, and nothing after it can fail.
         let warm_up = WarmUp::new(&runtime.config, profiles.clone(), &metrics, tasks.clone());
         Ok(State {
             posts,
             streams,
+            notifications,
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             profiles,

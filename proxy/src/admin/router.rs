@@ -93,6 +93,7 @@ impl AdminRouter {
                 stats["change_streams"] = self.state.streams.stats();
                 stats["post_snapshots"] = self.state.posts.stats();
                 stats["warm_up"] = self.state.warm_up.stats();
+                stats["notifications"] = self.state.notifications.stats();
                 Ok(json_response(StatusCode::OK, &stats))
             }
             (Method::GET, "/admin/plugins") => {
@@ -102,6 +103,12 @@ impl AdminRouter {
                 self.authorize(&req)?;
                 let body = self.read_body(req).await?;
                 let done = crate::admin::events::handle(&self.state, &body).await?;
+                Ok(json_response(StatusCode::OK, &done))
+            }
+            (Method::POST, "/admin/notifications") => {
+                self.authorize(&req)?;
+                let body = self.read_body(req).await?;
+                let done = crate::admin::notify::handle(&self.state, &body).await?;
                 Ok(json_response(StatusCode::OK, &done))
             }
             (Method::POST, "/admin/warm") => {

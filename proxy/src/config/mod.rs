@@ -11,6 +11,7 @@ mod change_streams;
 mod coalescing;
 mod fail_safe;
 mod log;
+mod notifications;
 mod plugins;
 mod post_snapshots;
 mod profiles;
@@ -25,6 +26,7 @@ pub use change_streams::{ChangeStreamConfig, StreamKind};
 pub use coalescing::CoalescingConfig;
 pub use fail_safe::FailSafeConfig;
 pub use log::{parse_filter, LogConfig, LogFormat};
+pub use notifications::NotificationsConfig;
 pub use plugins::{EnrichRoute, InvalidationConfig, OnError, PluginConfig};
 pub use post_snapshots::PostSnapshotsConfig;
 pub use profiles::{user_path_prefix, ProfilesConfig};
@@ -57,6 +59,7 @@ pub struct Config {
     pub change_streams: Vec<ChangeStreamConfig>,
     pub post_snapshots: Option<PostSnapshotsConfig>,
     pub warm_up: Option<WarmUpConfig>,
+    pub notifications: Option<NotificationsConfig>,
     pub log: LogConfig,
 }
 
@@ -169,6 +172,9 @@ impl Config {
         }
         if let Some(w) = &self.warm_up {
             out.extend(w.validate());
+        }
+        if let Some(n) = &self.notifications {
+            out.extend(n.validate(self));
         }
         out.extend(self.log.validate());
         out

@@ -451,7 +451,11 @@ impl Staged {
 
 /// The world a config uses a plugin for.
 pub fn world_for(config: &Config, name: &str) -> Option<World> {
-    if config.enrich.iter().any(|r| r.plugin == name) {
+    let notifies = config
+        .notifications
+        .as_ref()
+        .is_some_and(|n| n.plugin.as_deref() == Some(name));
+    if notifies || config.enrich.iter().any(|r| r.plugin == name) {
         Some(World::Enrich)
     } else if config
         .invalidation

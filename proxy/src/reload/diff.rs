@@ -6,7 +6,7 @@
 //! `server`, `admin`, `upstreams` and `upstreams.NAME`, `profiles`,
 //! `coalescing`, `tiers`, `tiers.memory`, `tiers.redis` and `tiers.mongo`, `fail_safe`,
 //! `plugins` and `plugins.NAME`, `enrich`, `invalidation`, `backplane`,
-//! `change_streams`, `post_snapshots`, `warm_up`, `log`. A section
+//! `change_streams`, `post_snapshots`, `warm_up`, `notifications`, `log`. A section
 //! that was added or removed counts as changed. It compares config values
 //! only: a certificate or plugin file whose content changed under the same
 //! path is not in it (certificates are re-read on every reload, plugin
@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Config;
 
 /// The sections without a NAME part, in file order.
-const SECTIONS: [&str; 18] = [
+const SECTIONS: [&str; 19] = [
     "server",
     "admin",
     "upstreams",
@@ -35,6 +35,7 @@ const SECTIONS: [&str; 18] = [
     "change_streams",
     "post_snapshots",
     "warm_up",
+    "notifications",
     "log",
 ];
 
@@ -75,6 +76,7 @@ impl ConfigDiff {
             ("change_streams", old.change_streams != new.change_streams),
             ("post_snapshots", old.post_snapshots != new.post_snapshots),
             ("warm_up", old.warm_up != new.warm_up),
+            ("notifications", old.notifications != new.notifications),
             ("log", old.log != new.log),
         ];
         for (key, changed) in sections {

@@ -135,6 +135,7 @@ pub async fn reload_config(state: &State, force: bool) -> Result<ReloadOutcome, 
     }
     state.posts.reconfigure(&runtime.config);
     state.streams.apply(&runtime.config);
+    state.notifications.reconfigure(&runtime.config);
     // Infallible, so after everything that can still reject the file.
     state.warm_up.reconfigure(&runtime.config, &diff);
     staged.commit();

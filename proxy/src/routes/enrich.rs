@@ -154,7 +154,7 @@ async fn read_up_to(body: Body, limit: usize) -> Read {
 
 /// Runs the policy over a body; any failure is a reason string for the
 /// `on_error` decision (the outcome is already counted by the plugin).
-async fn enrich_body(
+pub(crate) async fn enrich_body(
     plugin: Option<Arc<LoadedPlugin>>,
     name: &str,
     bytes: &Bytes,

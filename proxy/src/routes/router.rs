@@ -16,7 +16,7 @@ use crate::http::headers;
 use crate::http::server::{ConnInfo, Handler};
 use crate::routes::enrich;
 use crate::routes::passthrough;
-use crate::routes::{batch, profile};
+use crate::routes::{batch, notifications, profile};
 use crate::state::{Runtime, State};
 
 /// Which part of the product answers a request; `label()` is the `route`
@@ -28,6 +28,8 @@ pub enum Route {
     /// An `[[enrich]]` route, by its index in the config.
     Enrich(usize),
     Passthrough,
+    /// `GET {notifications.path}`.
+    Notifications,
 }
 
 impl Route {
@@ -41,6 +43,7 @@ impl Route {
             Route::Batch => 1,
             Route::Enrich(_) => 2,
             Route::Passthrough => 3,
+            Route::Notifications => 4,
         }
     }
 
@@ -56,6 +59,15 @@ impl Route {
             .position(|r| path.starts_with(&r.path_prefix))
         {
             return Route::Enrich(i);
+        }
+        if req.method() == Method::GET
+            && rt
+                .config
+                .notifications
+                .as_ref()
+                .is_some_and(|n| n.path == path)
+        {
+            return Route::Notifications;
         }
         let batch_path = rt.config.profiles.batch_path.as_str();
         if req.method() == Method::POST && path == batch_path {
@@ -128,6 +140,7 @@ impl MainRouter {
                 Some(route) => enrich::handle(req, conn, rt, route, state).await,
                 None => Err(ProxyError::Internal("enrich route vanished".into())),
             },
+            Route::Notifications => notifications::handle(req, state).await,
             Route::Passthrough => {
                 let idle = rt.config.server.body_read_timeout.get();
                 passthrough::forward(
