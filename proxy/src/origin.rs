@@ -26,7 +26,7 @@ const MAX_ORIGIN_BODY: usize = 16 * 1024 * 1024;
 
 /// What an id must escape to stay one path segment: controls, space and
 /// the characters that end or restructure a path (`/`, `?`, `#`, `%`, ...).
-const ID_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+pub(crate) const ID_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')

@@ -55,8 +55,7 @@ impl Followers {
     ) -> Result<Arc<HashSet<String>>, Arc<FollowersError>> {
         let path = self.path.replace(
             "{id}",
-            &percent_encoding::utf8_percent_encode(author, percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
+            &percent_encoding::utf8_percent_encode(author, crate::origin::ID_SEGMENT).to_string(),
         );
         let officer = officer.clone();
         let author_owned = author.to_string();

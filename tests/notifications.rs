@@ -1,0 +1,467 @@
+//! The notification stream (`[notifications]`, SPEC 9.3) with real SSE
+//! clients over loopback, the real proxy, the shipped enrichment policy and
+//! the simulated Officer: a post is enriched once however many subscribers
+//! get it; `?userId=F` gets only posts of authors F follows, with follower
+//! lists loaded once per author; `Last-Event-ID` replays what was missed or
+//! asks for a resync; a subscriber that stops reading is resynced while
+//! another gets every event; bad input is refused before a stream starts;
+//! shutdown ends streams.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use profile_edge::testkit::{user_id, SimOrigin};
+use serde_json::{json, Value};
+use support::*;
+
+const PATH: &str = "/api/notifications/stream";
+
+/// One SSE frame as a client sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Frame {
+    Post { id: u64, data: Value },
+    Resync,
+    Comment(String),
+}
+
+/// A real SSE client: one HTTP/1.1 connection, frames split at blank lines.
+struct Sse {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl Sse {
+    async fn open(
+        main: SocketAddr,
+        query: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Sse, (StatusCode, Value)> {
+        let stream = tokio::net::TcpStream::connect(main).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{PATH}{query}"))
+            .header("host", "t")
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = sender
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        if status != StatusCode::OK {
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            return Err((status, error_json(&body)));
+        }
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut sse = Sse {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        };
+        assert_eq!(
+            sse.next().await,
+            Some(Frame::Comment("connected".into())),
+            "the stream opens with a comment"
+        );
+        Ok(sse)
+    }
+
+    /// The next frame; `None` when the stream ended.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let raw = self.buf.split_to(end + 2);
+                return Some(parse(&String::from_utf8_lossy(&raw[..end])));
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
+                .await
+                .expect("a frame within 60 s")?
+                .ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next post or resync, skipping heartbeats.
+    async fn event(&mut self) -> Option<Frame> {
+        loop {
+            match self.next().await? {
+                Frame::Comment(_) => continue,
+                f => return Some(f),
+            }
+        }
+    }
+
+    async fn post(&mut self) -> (u64, Value) {
+        match self.event().await {
+            Some(Frame::Post { id, data }) => (id, data),
+            other => panic!("expected a post, got {other:?}"),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse(text: &str) -> Frame {
+    if let Some(c) = text.strip_prefix(": ") {
+        return Frame::Comment(c.to_string());
+    }
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    match field("event").as_deref() {
+        Some("post") => Frame::Post {
+            id: field("id").and_then(|i| i.parse().ok()).expect("id"),
+            data: serde_json::from_str(&field("data").expect("data")).expect("JSON data"),
+        },
+        Some("resync") => Frame::Resync,
+        other => panic!("unexpected frame {other:?}: {text}"),
+    }
+}
+
+fn config(sim: &SimOrigin, extra: &str) -> String {
+    let wasm = repo_root().join("plugins/dist/enrich_posts.wasm");
+    assert!(
+        wasm.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        wasm.display()
+    );
+    profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[plugins.feed]\npath = \"{}\"\ndeadline = \"1s\"\n\n[notifications]\nplugin = \"feed\"\nenrich_deadline = \"10s\"\n{extra}\n",
+            wasm.display()
+        ),
+    )
+}
+
+async fn notify(c: &HttpClient, admin: SocketAddr, post: Value) -> (StatusCode, Value) {
+    let (status, _, body) = send(
+        c,
+        Method::POST,
+        &format!("http://{admin}/admin/notifications"),
+        &[("content-type", "application/json")],
+        post.to_string(),
+    )
+    .await;
+    (status, json(&body))
+}
+
+async fn publish(c: &HttpClient, admin: SocketAddr, id: &str, author: &str) -> u64 {
+    let (status, answer) = notify(
+        c,
+        admin,
+        json!({"post": {"id": id, "userId": author, "text": "hi"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["id"].as_u64().expect("event id")
+}
+
+/// One post, 100 subscribers: each gets it once with the author's current
+/// snapshot, for 1 profile load and one run of the policy (its two calls,
+/// needed-ids and enrich), however many subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_enriched_once_for_every_subscriber() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let app = start_proxy(&config(&sim, "")).await;
+    let c = client();
+    let mut subs = Vec::new();
+    for _ in 0..100 {
+        subs.push(Sse::open(app.main_addr(), "", None).await.unwrap());
+    }
+    let author = user_id(3);
+    let calls = sim.stats().origin_calls();
+    let policy = |c: HttpClient, admin| async move {
+        metric(
+            &c,
+            admin,
+            "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}",
+        )
+        .await
+    };
+    let before = policy(c.clone(), app.admin_addr()).await;
+    let sent = Instant::now();
+    let id = publish(&c, app.admin_addr(), "p1", &author).await;
+    let avatar = sim.profile(&author).unwrap().avatar_url;
+    for s in &mut subs {
+        let (got, data) = s.post().await;
+        assert_eq!(got, id);
+        assert_eq!(data["type"], "new-post");
+        assert_eq!(data["post"]["id"], "p1");
+        assert_eq!(
+            data["post"]["userSnapshot"]["avatarUrl"],
+            json!(avatar),
+            "{data}"
+        );
+    }
+    eprintln!("post to 100 subscribers: {:?}", sent.elapsed());
+    assert_eq!(sim.stats().origin_calls() - calls, 1, "one profile load");
+    assert_eq!(
+        policy(c.clone(), app.admin_addr()).await - before,
+        2.0,
+        "one needed-ids and one enrich call"
+    );
+    assert_eq!(
+        metric(
+            &c,
+            app.admin_addr(),
+            "profile_edge_notifications_sent_total"
+        )
+        .await,
+        100.0
+    );
+    assert_eq!(
+        metric(
+            &c,
+            app.admin_addr(),
+            "profile_edge_notification_subscribers"
+        )
+        .await,
+        100.0
+    );
+    app.shutdown().await;
+    for s in &mut subs {
+        assert_eq!(s.event().await, None, "shutdown ends the stream cleanly");
+    }
+}
+
+/// `?userId=F`: only posts of authors F follows. 1 000 posts by 50 authors
+/// load at most 50 follower lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_only_posts_of_authors_they_follow() {
+    let sim = sim_origin(1000, Duration::ZERO).await;
+    let app = start_proxy(&config(&sim, "")).await;
+    let c = client();
+    // The simulated Officer: user i's followers are i + 97k (k = 1..10).
+    let fan = user_id(97);
+    let mut filtered = Sse::open(app.main_addr(), &format!("?userId={fan}"), None)
+        .await
+        .unwrap();
+    let mut everyone = Sse::open(app.main_addr(), "", None).await.unwrap();
+    let followed: HashSet<String> = (0..50)
+        .map(user_id)
+        .filter(|a| sim_follows(&fan, a))
+        .collect();
+    assert!(!followed.is_empty() && followed.len() < 50, "{followed:?}");
+    let loads = sim
+        .stats()
+        .other_officer_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // One post at a time, each read before the next is sent: the clients
+    // never fall behind, whatever the machine's speed.
+    let mut delivered = 0;
+    for n in 0..1000 {
+        let author = user_id(n % 50);
+        let id = publish(&c, app.admin_addr(), &format!("p{n}"), &author).await;
+
+        assert_eq!(everyone.post().await.0, id);
+        if followed.contains(&author) {
+            let (got, data) = filtered.post().await;
+            assert_eq!(
+                (got, data["post"]["userId"].as_str()),
+                (id, Some(author.as_str()))
+            );
+            delivered += 1;
+        }
+    }
+    // Nothing else reached the follower: the next event it gets is the
+    // next post of a followed author.
+    let last = publish(&c, app.admin_addr(), "last", &user_id(0)).await;
+    assert!(sim_follows(&fan, &user_id(0)));
+    assert_eq!(
+        filtered.post().await.0,
+        last,
+        "nothing of other authors in between"
+    );
+    assert_eq!(delivered, 1000 / 50 * followed.len());
+    let loaded = sim
+        .stats()
+        .other_officer_calls
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - loads;
+    assert!(loaded <= 50, "{loaded} follower-list loads for 50 authors");
+    app.shutdown().await;
+}
+
+/// Whether the simulated Officer lists `fan` among `author`'s followers.
+fn sim_follows(fan: &str, author: &str) -> bool {
+    let index = |id: &str| (0..1000).find(|&i| user_id(i) == id).expect("a sim user");
+    let (f, a) = (index(fan), index(author));
+    (1..=10).any(|k| (a + k * 97) % 1000 == f)
+}
+
+/// `Last-Event-ID` replays every missed event once; an id older than the
+/// buffer (`replay = 5`) gets `event: resync`, then live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_replays_what_was_missed_or_resyncs() {
+    let sim = sim_origin(20, Duration::ZERO).await;
+    let app = start_proxy(&config(&sim, "replay = 5")).await;
+    let c = client();
+    let author = user_id(1);
+    let first = publish(&c, app.admin_addr(), "a", &author).await;
+    let mut ids = vec![first];
+    for n in 0..3 {
+        ids.push(publish(&c, app.admin_addr(), &format!("b{n}"), &author).await);
+    }
+    let mut resumed = Sse::open(app.main_addr(), "", Some(first)).await.unwrap();
+    for want in &ids[1..] {
+        assert_eq!(resumed.post().await.0, *want);
+    }
+    let live = publish(&c, app.admin_addr(), "live", &author).await;
+    assert_eq!(resumed.post().await.0, live, "then live, nothing twice");
+
+    for n in 0..5 {
+        publish(&c, app.admin_addr(), &format!("c{n}"), &author).await;
+    }
+    let mut stale = Sse::open(app.main_addr(), "", Some(first)).await.unwrap();
+    assert_eq!(stale.event().await, Some(Frame::Resync));
+    let next = publish(&c, app.admin_addr(), "after", &author).await;
+    assert_eq!(stale.post().await.0, next);
+    assert_eq!(
+        metric(
+            &c,
+            app.admin_addr(),
+            "profile_edge_notifications_dropped_total{reason=\"unknown-last-event-id\"}"
+        )
+        .await,
+        1.0
+    );
+    app.shutdown().await;
+}
+
+/// A subscriber that stops reading falls behind and gets `event: resync`
+/// (continuing from the newest event) while another on the same instance
+/// gets every event; nothing waits for the slow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_resynced_and_slows_no_one() {
+    let sim = sim_origin(20, Duration::ZERO).await;
+    // No policy: the posts are large, and this is about fan-out.
+    // The stuck client is not cut off by the write deadline meanwhile.
+    let text = profile_config(
+        &sim.officer_url(),
+        "[notifications]\nclient_queue = 4\nreplay = 16\n",
+    )
+    .replacen(
+        "[server]\nlisten",
+        "[server]\nwrite_timeout = \"10m\"\nlisten",
+        1,
+    );
+    let app = start_proxy(&text).await;
+    let c = client();
+    let mut stuck = Sse::open(app.main_addr(), "", None).await.unwrap();
+    let mut reader = Sse::open(app.main_addr(), "", None).await.unwrap();
+    let author = user_id(2);
+    let big = "x".repeat(100 * 1024);
+    // 200 posts of 100 KiB: far more than the socket buffers between the
+    // proxy and a client that reads nothing can hold. Each post is sent
+    // once the reading client has the previous one, so that one never
+    // falls behind, whatever the machine's speed.
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let (status, a) = notify(
+            &c,
+            app.admin_addr(),
+            json!({"post": {"id": format!("p{n}"), "userId": author, "text": big}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{a}");
+        let id = a["id"].as_u64().unwrap();
+        assert_eq!(
+            reader.post().await.0,
+            id,
+            "the reader gets every event, in order"
+        );
+        ids.push(id);
+    }
+    // The stuck client reads at last: what its socket held, then a resync
+    // where it fell behind, then live events.
+    let mut before = 0;
+    loop {
+        match stuck.event().await {
+            Some(Frame::Resync) => break,
+            Some(Frame::Post { .. }) => before += 1,
+            other => panic!("expected posts then a resync, got {other:?}"),
+        }
+    }
+    assert!(
+        before < 200,
+        "it fell behind ({before} posts read before the resync)"
+    );
+    let (status, a) = notify(
+        &c,
+        app.admin_addr(),
+        json!({"post": {"id": "after", "userId": author}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = a["id"].as_u64().unwrap();
+    assert_eq!(stuck.post().await.0, after, "continues live");
+    assert_eq!(reader.post().await.0, after);
+    assert!(
+        metric(
+            &c,
+            app.admin_addr(),
+            "profile_edge_notifications_dropped_total{reason=\"lagged\"}"
+        )
+        .await
+            >= 1.0
+    );
+    app.shutdown().await;
+}
+
+/// Bad input is refused before a stream starts, with a JSON error naming
+/// what is wrong; over `max_streams`, 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_the_stream() {
+    let sim = sim_origin(20, Duration::ZERO).await;
+    let app = start_proxy(&config(&sim, "max_streams = 2")).await;
+    let c = client();
+    let (status, e) = Sse::open(app.main_addr(), "?userId=..%2Fx", None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(e["detail"].as_str().unwrap().contains("userId"), "{e}");
+    let url = format!("http://{}{PATH}", app.main_addr());
+    let (status, _, body) = send(&c, Method::GET, &url, &[("last-event-id", "soon")], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_json(&body)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Last-Event-ID"));
+    let _a = Sse::open(app.main_addr(), "", None).await.unwrap();
+    let _b = Sse::open(app.main_addr(), "", None).await.unwrap();
+    let (status, e) = Sse::open(app.main_addr(), "", None).await.err().unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(e["detail"].as_str().unwrap().contains("max_streams"), "{e}");
+    for (post, named) in [
+        (json!({"posts": []}), "`post`"),
+        (json!({"post": {"text": "no author"}}), "`post.userId`"),
+        (json!({"post": {"userId": 7}}), "`post.userId`"),
+        (json!({"post": {"userId": "../x"}}), "post.userId"),
+    ] {
+        let (status, e) = notify(&c, app.admin_addr(), post.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{post}");
+        assert!(e["detail"].as_str().unwrap().contains(named), "{post}: {e}");
+    }
+    app.shutdown().await;
+}
