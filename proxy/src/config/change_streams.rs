@@ -172,15 +172,7 @@ pub fn validate_change_streams(cfg: &Config) -> Vec<Problem> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn keys(text: &str) -> Vec<String> {
-        let full = format!("[upstreams.officer]\nurl = \"http://127.0.0.1:1\"\n{text}");
-        match Config::parse(&full, "t.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
-        }
-    }
+    use crate::config::problem_keys as keys;
 
     const STREAM: &str = "[[change_streams]]\nname = \"users\"\ndatabase = \"officer\"\ncollection = \"users\"\nkind = \"profile-updates\"\n";
 

@@ -197,6 +197,17 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
     a == b && a.port() != 0
 }
 
+/// The keys `check` names for a minimal config plus `extra` (tests of
+/// each section's validation).
+#[cfg(test)]
+pub(crate) fn problem_keys(extra: &str) -> Vec<String> {
+    let full = format!("[upstreams.officer]\nurl = \"http://127.0.0.1:1\"\n{extra}");
+    match Config::parse(&full, "t.toml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
 }

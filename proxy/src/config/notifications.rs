@@ -124,15 +124,7 @@ impl NotificationsConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn keys(text: &str) -> Vec<String> {
-        let full = format!("[upstreams.officer]\nurl = \"http://127.0.0.1:1\"\n{text}");
-        match Config::parse(&full, "t.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
-        }
-    }
+    use crate::config::problem_keys as keys;
 
     #[test]
     fn defaults_pass_and_keys_are_named() {
