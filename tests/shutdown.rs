@@ -18,6 +18,19 @@ fn alive() -> usize {
         .num_alive_tasks()
 }
 
+/// Shuts the app down and checks that nothing it started is left: no
+/// named task, and no more runtime tasks than `before` it started.
+async fn shut_down(app: profile_edge::App, tasks: &profile_edge::lifecycle::Tasks, before: usize) {
+    app.shutdown().await;
+    assert_eq!(
+        tasks.running(),
+        0,
+        "tasks left: {:?}",
+        tasks.running_names()
+    );
+    back_to(before).await;
+}
+
 /// Waits until the runtime holds no more tasks than `before`: connection
 /// tasks end with the drain, and the runtime reaps the last of them a
 /// moment later (a condition, not a timing verdict; 20 s safety net).
@@ -99,14 +112,7 @@ async fn no_task_outlives_app_shutdown() {
         StatusCode::OK.as_u16()
     );
 
-    app.shutdown().await;
-    assert_eq!(
-        tasks.running(),
-        0,
-        "tasks left: {:?}",
-        tasks.running_names()
-    );
-    back_to(before).await;
+    shut_down(app, &tasks, before).await;
     sim.shutdown().await;
 }
 
@@ -168,13 +174,6 @@ async fn no_mongodb_task_outlives_app_shutdown() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
-    app.shutdown().await;
-    assert_eq!(
-        tasks.running(),
-        0,
-        "tasks left: {:?}",
-        tasks.running_names()
-    );
-    back_to(before).await;
+    shut_down(app, &tasks, before).await;
     sim.shutdown().await;
 }

@@ -126,12 +126,7 @@ mod tests {
 
     const BASE: &str = "[upstreams.officer]\nurl = \"http://127.0.0.1:7001\"\n";
 
-    fn keys(text: &str) -> Vec<String> {
-        match Config::parse(&format!("{BASE}{text}"), "t.toml") {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
-        }
-    }
+    use crate::config::problem_keys as keys;
 
     #[test]
     fn defaults_come_from_the_redis_tier() {
