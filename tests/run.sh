@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A fresh clone (CI) gains nothing from incremental compilation, whose
+# cache alone grows to several GB; the disk is the limit there.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
+
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -65,3 +69,5 @@ echo "==> tests"
 # the host.
 (cd plugins && cargo test -p post-shape)
 cargo test --workspace
+
+echo "==> done; target/ holds $(du -sh target 2>/dev/null | cut -f1)"
