@@ -465,3 +465,260 @@ async fn bad_input_is_refused_before_the_stream() {
     }
     app.shutdown().await;
 }
+
+// Sources of posts beyond the admin route: a `new-posts` change stream,
+// the other instances of the fleet, the demo; and follower lists that
+// follow profile events.
+
+async fn stats(c: &HttpClient, admin: SocketAddr) -> Value {
+    let (_, _, body) = get(c, &format!("http://{admin}/admin/stats")).await;
+    json(&body)
+}
+
+async fn policy_calls(c: &HttpClient, admin: SocketAddr) -> f64 {
+    metric(
+        c,
+        admin,
+        "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}",
+    )
+    .await
+}
+
+/// A document inserted into the watched posts collection, from another
+/// connection, reaches 100 subscribers with the author's current snapshot
+/// (the profile changed, and was purged, after it was cached), for one
+/// profile load and one run of the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_inserted_into_the_posts_collection_reaches_every_subscriber() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let mongo = MongoServer::start().await;
+    let db = mongo.database().to_string();
+    let app = start_proxy(&config(
+        &sim,
+        &format!(
+            "\n[[change_streams]]\nname = \"posts\"\nuri = \"{}\"\ndatabase = \"{db}\"\ncollection = \"posts\"\n\
+             kind = \"new-posts\"\nstate_database = \"{db}\"\nmax_await = \"200ms\"\n",
+            mongo.uri()
+        ),
+    ))
+    .await;
+    let c = client();
+    wait_until("the posts stream is watched", || {
+        let c = c.clone();
+        let admin = app.admin_addr();
+        async move { stats(&c, admin).await["change_streams"][0]["role"] == "watching" }
+    })
+    .await;
+    let author = user_id(4);
+    served(&c, app.main_addr(), &author).await;
+    assert!(sim.update_user(&author));
+    let (status, _, _) = send(
+        &c,
+        Method::DELETE,
+        &format!("http://{}/admin/cache/users/{author}", app.admin_addr()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let current = sim.profile(&author).unwrap();
+    let mut subs = Vec::new();
+    for _ in 0..100 {
+        subs.push(Sse::open(app.main_addr(), "", None).await.unwrap());
+    }
+    let calls = sim.stats().origin_calls();
+    let policy = policy_calls(&c, app.admin_addr()).await;
+    let inserted = Instant::now();
+    mongo
+        .client()
+        .await
+        .database(&db)
+        .collection::<mongodb::bson::Document>("posts")
+        .insert_one(mongodb::bson::doc! {"userId": &author, "text": "from the database"})
+        .await
+        .unwrap();
+    for s in &mut subs {
+        let (_, data) = s.post().await;
+        let post = &data["post"];
+        assert_eq!(post["userId"], json!(author), "{data}");
+        assert_eq!(post["text"], "from the database");
+        assert!(post["_id"].is_string(), "object ids as hex strings: {data}");
+        assert_eq!(
+            post["userSnapshot"]["displayName"],
+            json!(current.display_name),
+            "the author's current snapshot: {data}"
+        );
+    }
+    eprintln!(
+        "insert to receipt by 100 subscribers: {:?}",
+        inserted.elapsed()
+    );
+    assert_eq!(sim.stats().origin_calls() - calls, 1, "one profile load");
+    assert_eq!(
+        policy_calls(&c, app.admin_addr()).await - policy,
+        2.0,
+        "one needed-ids and one enrich call"
+    );
+    assert_eq!(
+        stats(&c, app.admin_addr()).await["change_streams"][0]["posts_published"],
+        1
+    );
+    app.shutdown().await;
+}
+
+/// Three instances sharing a backplane: a post sent to any of them reaches
+/// the subscribers of all three exactly once, enriched once in the fleet
+/// (on the instance it entered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_deliver_each_post_once_everywhere() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let redis = RedisServer::start().await;
+    let text = config(&sim, &format!("\n{}[backplane]\n", redis.tier_config()));
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        apps.push(start_proxy(&text).await);
+    }
+    let c = client();
+    for app in &apps {
+        wait_until("every instance reads the fleet's posts", || {
+            let c = c.clone();
+            let admin = app.admin_addr();
+            async move {
+                stats(&c, admin).await["notifications"]["fleet"]["connected"] == json!(true)
+            }
+        })
+        .await;
+    }
+    let mut subs = Vec::new();
+    for app in &apps {
+        for _ in 0..2 {
+            subs.push(Sse::open(app.main_addr(), "", None).await.unwrap());
+        }
+    }
+    let mut policy = Vec::new();
+    for app in &apps {
+        policy.push(policy_calls(&c, app.admin_addr()).await);
+    }
+    // One post at a time, each read everywhere before the next is sent:
+    // a duplicate or a loss shows as the wrong post at the next read.
+    const POSTS: usize = 30;
+    for n in 0..POSTS {
+        let to = &apps[n % 3];
+        let (status, answer) = notify(
+            &c,
+            to.admin_addr(),
+            json!({"post": {"id": format!("p{n}"), "userId": user_id(n % 50)}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["relayed"], true);
+        for (i, s) in subs.iter_mut().enumerate() {
+            let (_, data) = s.post().await;
+            assert_eq!(
+                data["post"]["id"],
+                json!(format!("p{n}")),
+                "subscriber {i} (instance {})",
+                i / 2
+            );
+            assert!(
+                data["post"]["userSnapshot"]["id"].is_string(),
+                "enriched where it entered: {data}"
+            );
+        }
+    }
+    for (i, app) in apps.iter().enumerate() {
+        let admin = app.admin_addr();
+        let relayed = |outcome: &'static str| {
+            let c = c.clone();
+            async move {
+                metric(
+                    &c,
+                    admin,
+                    &format!("profile_edge_notifications_relayed_total{{direction=\"received\",outcome=\"{outcome}\"}}"),
+                )
+                .await
+            }
+        };
+        assert_eq!(relayed("delivered").await, (POSTS * 2 / 3) as f64, "instance {i}");
+        assert_eq!(
+            policy_calls(&c, admin).await - policy[i],
+            (POSTS / 3 * 2) as f64,
+            "instance {i} ran the policy only for the posts it received"
+        );
+    }
+    for app in apps {
+        app.shutdown().await;
+    }
+}
+
+/// A follower list is loaded once per author, kept, and forgotten with a
+/// profile event for that author: the next post loads it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_event_forgets_the_authors_follower_list() {
+    let sim = sim_origin(1000, Duration::ZERO).await;
+    let app = start_proxy(&config(&sim, "")).await;
+    let c = client();
+    let (fan, author) = (user_id(97), user_id(0));
+    assert!(sim_follows(&fan, &author));
+    let mut filtered = Sse::open(app.main_addr(), &format!("?userId={fan}"), None)
+        .await
+        .unwrap();
+    let loaded = |c: HttpClient, admin| async move {
+        stats(&c, admin).await["notifications"]["follower_lists_loaded"]
+            .as_u64()
+            .unwrap()
+    };
+    for (n, loads) in [(0, 1), (1, 1)] {
+        let id = publish(&c, app.admin_addr(), &format!("p{n}"), &author).await;
+        assert_eq!(filtered.post().await.0, id);
+        assert_eq!(loaded(c.clone(), app.admin_addr()).await, loads);
+    }
+    let (status, _, _) = send(
+        &c,
+        Method::DELETE,
+        &format!("http://{}/admin/cache/users/{author}", app.admin_addr()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = publish(&c, app.admin_addr(), "p2", &author).await;
+    assert_eq!(filtered.post().await.0, id);
+    assert_eq!(
+        loaded(c.clone(), app.admin_addr()).await,
+        2,
+        "loaded again after the event"
+    );
+    app.shutdown().await;
+}
+
+/// `profile-edge demo` prints a curl command following the stream, and
+/// publishes a synthetic post every second, each with its `userSnapshot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_streams_new_posts_with_their_snapshots() {
+    use profile_edge::demo::{Demo, DemoOptions};
+    let demo = Demo::start(&DemoOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        users: 100,
+        latency: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let follow = format!("curl -N http://{}{PATH}", demo.app.main_addr());
+    assert!(
+        demo.curl_commands().iter().any(|(cmd, _)| *cmd == follow),
+        "the demo prints `{follow}`"
+    );
+    let mut s = Sse::open(demo.app.main_addr(), "", None).await.unwrap();
+    let (first, a) = s.post().await;
+    let (second, b) = s.post().await;
+    assert!(second > first);
+    for data in [a, b] {
+        assert_eq!(data["type"], "new-post");
+        let snapshot = &data["post"]["userSnapshot"];
+        assert_eq!(snapshot["id"], data["post"]["userId"], "{data}");
+        assert!(snapshot["avatarUrl"].is_string(), "{data}");
+    }
+    demo.shutdown().await;
+}

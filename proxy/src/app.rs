@@ -102,6 +102,7 @@ impl App {
         }
         // Watchers apply changes through the policies loaded above.
         state.streams.start(&state);
+        state.notifications.start(&state);
         let server = &rt.config.server;
         let (stop_main, stop_main_rx) = watch::channel(false);
         let (stop_admin, stop_admin_rx) = watch::channel(false);

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub notifications_dropped: IntCounterVec,
     /// Beyond the contract: posts sent unenriched, by reason (failed, deadline).
     pub notifications_unenriched: IntCounterVec,
+    /// Beyond the contract: posts relayed to the rest of the fleet through
+    /// the backplane's Redis, by direction (sent|received) and outcome.
+    pub notifications_relayed: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -258,6 +261,21 @@ impl Metrics {
             "New posts sent without enrichment, by reason (failed|deadline).",
             &["reason"],
         );
+        let notifications_relayed = counter_vec(
+            "profile_edge_notifications_relayed_total",
+            "New posts relayed across the fleet, by direction (sent|received) and outcome (sent: ok|failed|dropped; received: delivered|own|malformed).",
+            &["direction", "outcome"],
+        );
+        for (direction, outcome) in [
+            ("sent", "ok"),
+            ("sent", "failed"),
+            ("sent", "dropped"),
+            ("received", "delivered"),
+            ("received", "own"),
+            ("received", "malformed"),
+        ] {
+            notifications_relayed.with_label_values(&[direction, outcome]);
+        }
         for reason in ["lagged", "unknown-last-event-id"] {
             notifications_dropped.with_label_values(&[reason]);
         }
@@ -315,6 +333,7 @@ impl Metrics {
             notifications_sent,
             notifications_dropped,
             notifications_unenriched,
+            notifications_relayed,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -342,6 +361,7 @@ impl Metrics {
             Box::new(m.notifications_sent.clone()),
             Box::new(m.notifications_dropped.clone()),
             Box::new(m.notifications_unenriched.clone()),
+            Box::new(m.notifications_relayed.clone()),
             Box::new(m.warm_up_ids.clone()),
             Box::new(m.warm_up_runs.clone()),
             Box::new(m.warm_up_untracked.clone()),

@@ -166,7 +166,13 @@ impl State {
         })?;
         let posts = PostSnapshots::new(&runtime.config, metrics.clone());
         let streams = ChangeStreams::new(metrics.clone(), tasks.clone());
-        let notifications = Notifications::new(&runtime.config, metrics.clone());
+        let notifications = Notifications::new(
+            &runtime.config,
+            metrics.clone(),
+            &profiles,
+            tasks.clone(),
+            Arc::from(invalidations.instance()),
+        );
         // Last: it may start a task, and nothing after it can fail.
         let warm_up = WarmUp::new(&runtime.config, profiles.clone(), &metrics, tasks.clone());
         Ok(State {

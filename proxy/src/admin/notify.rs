@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::http::error::ProxyError;
 use crate::lookup::IdRules;
+use crate::notifications::post;
 use crate::state::State;
 
 /// The post of a body, checked.
@@ -17,21 +18,7 @@ pub fn parse(body: &[u8], ids: &IdRules) -> Result<Value, ProxyError> {
             "field `post` (a JSON object) is required".into(),
         ));
     };
-    match obj.get("userId") {
-        Some(Value::String(id)) => ids
-            .check("post.userId", id)
-            .map_err(crate::routes::profile::id_error)?,
-        Some(other) => {
-            return Err(ProxyError::BadRequest(format!(
-                "field `post.userId` = {other} must be a string id matching profiles.id_pattern"
-            )))
-        }
-        None => {
-            return Err(ProxyError::BadRequest(
-                "field `post.userId` (the author's id) is required".into(),
-            ))
-        }
-    }
+    post::author("post", obj, ids).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     Ok(Value::Object(obj.clone()))
 }
 
@@ -42,7 +29,12 @@ pub async fn handle(state: &State, body: &[u8]) -> Result<Value, ProxyError> {
         .publish(state, post)
         .await
         .ok_or_else(|| ProxyError::NotFound("[notifications] is not configured".into()))?;
-    Ok(json!({"id": done.id, "enriched": done.enriched, "subscribers": done.subscribers}))
+    Ok(json!({
+        "id": done.id,
+        "enriched": done.enriched,
+        "subscribers": done.subscribers,
+        "relayed": done.relayed,
+    }))
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@
 //! from the last entry it saw), which pub/sub alone cannot. `message` is
 //! the entry format, `outbox` the queue that holds messages while Redis is
 //! away, `publisher` and `subscriber` the two loops, `gap` the decision
-//! between replaying and clearing memory, `stats` the counters.
+//! between replaying and clearing memory, `reply` the reading of Redis's
+//! stream replies, `stats` the counters.
 
 pub mod gap;
 pub mod message;
 pub mod outbox;
 pub mod publisher;
+pub mod reply;
 pub mod stats;
 pub mod subscriber;
 

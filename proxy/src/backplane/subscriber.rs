@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use super::gap::{decide, LogInfo, Observed, Position, Resume, StreamId};
+use super::gap::{decide, Position, Resume, StreamId};
 use super::message::{BadMessage, Kind, Message};
+use super::reply::{entries_of, observe};
 use super::stats::{bump, Stats};
 use crate::lifecycle::Drain;
 use crate::lookup::Profiles;
@@ -24,7 +25,7 @@ use crate::tier::now_ms;
 /// is this plus `READ_SLACK` (or the connect budget, if longer), so a silent
 /// network is noticed within seconds, and a busy machine answering a
 /// finished block late is not mistaken for one.
-const BLOCK: Duration = Duration::from_secs(2);
+pub const BLOCK: Duration = Duration::from_secs(2);
 const READ_SLACK: Duration = Duration::from_secs(2);
 /// Entries per read.
 const COUNT: usize = 512;
@@ -183,21 +184,12 @@ impl Subscriber {
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, String> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(BLOCK + READ_SLACK.max(self.connect_timeout)));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(|e| e.to_string())?;
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(format!("pe-backplane:{}", self.instance))
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(conn)
+        connect_reader(
+            &self.client,
+            self.connect_timeout,
+            &format!("pe-backplane:{}", self.instance),
+        )
+        .await
     }
 
     fn clear(&self, reason: &str) {
@@ -260,136 +252,25 @@ impl Subscriber {
     }
 }
 
-/// An entry's fields as Redis holds them (bytes, in order).
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// `INFO server`'s run_id and `XINFO STREAM` of the log.
-async fn observe(conn: &mut MultiplexedConnection, key: &str) -> Result<Observed, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
+/// A connection for blocking `XREAD`s of `BLOCK`, named `name` in `CLIENT
+/// LIST`: its response timeout covers a whole block plus slack.
+pub async fn connect_reader(
+    client: &redis::Client,
+    connect_timeout: Duration,
+    name: &str,
+) -> Result<MultiplexedConnection, String> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(BLOCK + READ_SLACK.max(connect_timeout)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&cfg)
         .await
         .map_err(|e| e.to_string())?;
-    let run_id = info
-        .lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|s| s.trim().to_string())
-        .ok_or("INFO server has no run_id")?;
-    let log = match redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(key)
-        .query_async::<Value>(conn)
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async::<()>(&mut conn)
         .await
-    {
-        Ok(v) => Some(log_info(&v).ok_or("unexpected XINFO STREAM reply")?),
-        Err(e) if e.to_string().contains("no such key") => None,
-        Err(e) => return Err(e.to_string()),
-    };
-    Ok(Observed { run_id, log })
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
-
-/// Key/value pairs of a RESP2 flat array or a RESP3 map.
-fn pairs(v: &Value) -> Vec<(&Value, &Value)> {
-    match v {
-        Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
-        Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn log_info(v: &Value) -> Option<LogInfo> {
-    let mut last_generated = None;
-    let mut entries_added = None;
-    let mut length = 0;
-    let mut first = None;
-    for (k, val) in pairs(v) {
-        match text(k).as_deref() {
-            Some("last-generated-id") => {
-                last_generated = text(val).and_then(|t| StreamId::parse(&t))
-            }
-            Some("entries-added") => entries_added = int(val),
-            Some("length") => length = int(val).unwrap_or(0),
-            Some("first-entry") => {
-                first = match val {
-                    Value::Array(e) => e.first().and_then(text).and_then(|t| StreamId::parse(&t)),
-                    _ => None,
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(LogInfo {
-        last_generated: last_generated?,
-        entries_added,
-        length,
-        first,
-    })
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-/// The entries of an `XREAD` reply (nil when the block timed out). An entry
-/// whose id cannot be read is skipped; its fields are kept as bytes for
-/// `Message::parse` to judge.
-fn entries_of(v: Value) -> Vec<(StreamId, Fields)> {
-    let streams: Vec<Value> = match v {
-        Value::Array(s) => s,
-        Value::Map(m) => m
-            .into_iter()
-            .map(|(k, v)| Value::Array(vec![k, v]))
-            .collect(),
-        _ => return Vec::new(),
-    };
-    let mut out = Vec::new();
-    for stream in streams {
-        let Value::Array(mut parts) = stream else {
-            continue;
-        };
-        if parts.len() != 2 {
-            continue;
-        }
-        let Value::Array(entries) = parts.swap_remove(1) else {
-            continue;
-        };
-        for entry in entries {
-            let Value::Array(e) = entry else { continue };
-            let (Some(id), Some(fields)) = (
-                e.first().and_then(text).and_then(|t| StreamId::parse(&t)),
-                e.get(1),
-            ) else {
-                continue;
-            };
-            let fields = match fields {
-                Value::Array(f) => f
-                    .chunks_exact(2)
-                    .map(|c| (bytes(&c[0]), bytes(&c[1])))
-                    .collect(),
-                Value::Map(m) => m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
-                _ => Vec::new(),
-            };
-            out.push((id, fields));
-        }
-    }
-    out
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b.clone(),
-        other => text(other).unwrap_or_default().into_bytes(),
-    }
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
 }

@@ -103,6 +103,15 @@ impl<T: Clone> Flights<T> {
         }
     }
 
+    /// Whether the flight of `id` is still the one `tx` feeds (no
+    /// invalidation detached it).
+    pub fn owns(&self, id: &str, tx: &FlightTx<T>) -> bool {
+        self.map.lock().is_ok_and(|map| {
+            map.get(id)
+                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+        })
+    }
+
     /// Detaches the flight of `id` so that later requests start a new one.
     pub fn detach(&self, id: &str) {
         if let Ok(mut map) = self.map.lock() {

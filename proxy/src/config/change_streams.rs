@@ -1,7 +1,8 @@
 //! `[[change_streams]]`: MongoDB collections whose changes become profile
-//! events (README "Change streams"). Zero or more; each is watched by one
-//! instance of the fleet at a time (a lease in `state_collection`, which
-//! also keeps the stream's resume token).
+//! events, or whose inserts are new posts for the notification stream
+//! (README "Change streams", "Notifications"). Zero or more; each is
+//! watched by one instance of the fleet at a time (a lease in
+//! `state_collection`, which also keeps the stream's resume token).
 
 use serde::Deserialize;
 
@@ -14,7 +15,8 @@ use crate::units::Dur;
 pub enum StreamKind {
     /// Each insert, update, replace or delete is a `profile-updated` event.
     ProfileUpdates,
-    /// New posts for notifications (SPEC 9.3; not in this build).
+    /// Each insert is a new post for `[notifications]`; its `userId` names
+    /// the author.
     NewPosts,
 }
 
@@ -139,10 +141,10 @@ pub fn validate_change_streams(cfg: &Config) -> Vec<Problem> {
                 out.push(Problem::new(key(k), format!("{name:?} {why}")));
             }
         }
-        if s.kind == StreamKind::NewPosts {
+        if s.kind == StreamKind::NewPosts && cfg.notifications.is_none() {
             out.push(Problem::new(
                 key("kind"),
-                "\"new-posts\" streams come with notifications, which this build does not have; use \"profile-updates\"",
+                "\"new-posts\" sends its posts to [notifications], which is not configured",
             ));
         }
         if s.id_field.is_empty() || s.id_field.starts_with('$') {
@@ -204,5 +206,16 @@ mod tests {
         assert_eq!(keys(&twice), vec!["change_streams[1].name"]);
         let unknown_kind = format!("{base}{}", STREAM.replace("profile-updates", "posts"));
         assert_eq!(keys(&unknown_kind), vec!["change_streams[0].kind"]);
+    }
+
+    #[test]
+    fn new_posts_need_notifications() {
+        let base = "[tiers.mongo]\nuri = \"mongodb://h:1\"\n";
+        let posts = STREAM.replace("profile-updates", "new-posts");
+        assert_eq!(
+            keys(&format!("{base}{posts}")),
+            vec!["change_streams[0].kind"]
+        );
+        assert!(keys(&format!("{base}{posts}[notifications]\n")).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! `profile-edge demo`: the simulated Officer and Posts API from `sim`, the
 //! proxy in front of them with `config/demo.toml` (compiled in, so the demo
-//! needs no files), and a printed list of curl commands to try.
+//! needs no files), a new synthetic post every second on the notification
+//! stream, and a printed list of curl commands to try.
 
 pub(crate) mod sim;
 
@@ -17,6 +18,9 @@ use sim::{SimConfig, SimOrigin};
 /// The demo's config; upstream URLs, listen addresses and plugin paths are
 /// filled in at start.
 pub const DEMO_CONFIG: &str = include_str!("../../../config/demo.toml");
+
+/// How often the demo publishes a new post to the notification stream.
+pub const POST_EVERY: Duration = Duration::from_secs(1);
 
 /// The default policies, built into the binary so the demo needs no files
 /// (`plugins/build.sh` rebuilds them; the test command runs it first).
@@ -102,6 +106,7 @@ impl Demo {
             }
         }
         let app = App::start(config).await.context("starting the proxy")?;
+        start_posting(&app, opts.users);
         Ok(Demo {
             sim,
             app,
@@ -194,6 +199,10 @@ impl Demo {
                 "a new-post notification, enriched",
             ),
             (
+                format!("curl -N http://{p}{NOTIFICATIONS_PATH}"),
+                "the notification stream (SSE): a new post every second, each with its userSnapshot",
+            ),
+            (
                 format!(
                     "curl -s -X POST http://{a}/admin/events -d '{{\"type\": \"profile-updated\", \"userId\": \"{u1}\"}}'"
                 ),
@@ -241,4 +250,33 @@ impl Demo {
         self.sim.shutdown().await;
         drop(self.plugin_dir);
     }
+}
+
+/// The notification stream's path in `config/demo.toml`.
+const NOTIFICATIONS_PATH: &str = "/api/notifications/stream";
+
+/// Publishes a synthetic post every `POST_EVERY`, as a `new-posts` change
+/// stream or the Posts API calling `POST /admin/notifications` would; it
+/// goes through the same enrichment and fan-out. A task of the app, so it
+/// stops with it.
+fn start_posting(app: &App, users: usize) {
+    let state = std::sync::Arc::downgrade(app.state());
+    app.state().tasks.spawn("demo-posts", move |drain| async move {
+        let mut tick = tokio::time::interval(POST_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in 0usize.. {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = drain.wait() => return,
+            }
+            let Some(state) = state.upgrade() else { return };
+            let post = serde_json::json!({
+                "id": format!("demo-post-{n}"),
+                "userId": sim::user_id(n.wrapping_mul(7919) % users.max(1)),
+                "text": format!("Demo post {n}, published by the demo every second."),
+                "createdAt": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            });
+            state.notifications.publish(&state, post).await;
+        }
+    });
 }

@@ -78,6 +78,7 @@ impl Profiles {
         self.fence.invalidate(id, || held = chain.memory.remove(id));
         self.flights.detach(id);
         self.throttle.clear(id);
+        self.dependents.forget(id);
         held
     }
 
@@ -88,6 +89,13 @@ impl Profiles {
         self.fence.invalidate_all(|| chain.memory.clear());
         self.flights.detach_all();
         self.throttle.clear_all();
+        self.dependents.forget_all();
+    }
+
+    /// Registers a cache derived from profiles: it forgets an id whenever
+    /// this instance does.
+    pub fn add_dependent(&self, d: Arc<dyn super::Dependent>) {
+        self.dependents.add(d);
     }
 
     /// Loads `id` again in the background, once however many ask (another

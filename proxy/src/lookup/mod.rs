@@ -5,9 +5,11 @@
 //! back; `failsafe` stale serving and eager refresh; `invalidate` removal
 //! from every tier; `ids` the one id check every route uses; `status` the
 //! `x-cache` value; `stats` counters and `/admin/stats`; `order` the
-//! origin's own order of values (`profiles.version_field`).
+//! origin's own order of values (`profiles.version_field`); `dependents`
+//! the caches derived from profiles (follower lists) that forget with them.
 
 pub mod chain;
+pub mod dependents;
 pub mod failsafe;
 pub mod fence;
 pub mod ids;
@@ -18,6 +20,7 @@ pub mod profiles;
 pub mod stats;
 pub mod status;
 
+pub use dependents::Dependent;
 pub use ids::{IdError, IdRules};
 pub use profiles::{Loaded, Outcome, Profiles};
 pub use status::CacheStatus;

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 
 use super::chain::{Chain, Lower};
+use super::dependents::Dependents;
 use super::failsafe::{eager_due, Fallbacks, Throttle};
 use super::fence::{Admitted, Fence, TicketGuard};
 use super::ids::{IdError, IdRules};
@@ -94,6 +95,8 @@ pub struct Profiles {
     pub(super) origin: Arc<dyn OriginSource>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) counters: Counters,
+    /// Caches derived from profiles, forgotten with them.
+    pub(super) dependents: Dependents,
     tasks: Tasks,
 }
 
@@ -124,6 +127,7 @@ impl Profiles {
             fence: Fence::default(),
             throttle: Throttle::default(),
             counters: Counters::new(&metrics),
+            dependents: Dependents::default(),
             origin,
             metrics,
             tasks,

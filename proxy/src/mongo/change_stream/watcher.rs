@@ -1,15 +1,17 @@
 //! One `[[change_streams]]` entry's loop: claim the stream (`lease`), open
 //! it where the last batch ended, and for each batch apply its changes
-//! through the invalidation policy, then persist the position (empty
+//! (profile changes through the invalidation policy; new posts to the
+//! notification stream), then persist the position (empty
 //! batches too, so a quiet stream's position stays recent). A restart
 //! resumes from the last persisted batch: nothing is missed, and at most
 //! one batch is applied twice.
 //!
 //! When the position cannot be used (the server no longer has that
 //! history, or refuses the token) or the collection goes away, a new
-//! stream is opened from now first, then every tier is cleared on every
-//! instance: a change between the two could otherwise be cached and never
-//! seen. A server that cannot be reached is retried with backoff.
+//! stream is opened from now first, then (for profile updates) every tier
+//! is cleared on every instance: a change between the two could otherwise
+//! be cached and never seen. Posts inserted in such a gap are not
+//! notified; the restart is logged and counted. A server that cannot be reached is retried with backoff.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -22,9 +24,9 @@ use mongodb::Database;
 use serde_json::{json, Value};
 
 use super::cursor::{Batch, Cursor};
-use super::event::{classify, Change};
+use super::event::{classify, classify_post, Change};
 use super::lease::{Claim, Lease};
-use crate::config::ChangeStreamConfig;
+use crate::config::{ChangeStreamConfig, StreamKind};
 use crate::invalidation::policy;
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
@@ -73,6 +75,7 @@ pub struct StreamStats {
     role: AtomicU8,
     events: AtomicU64,
     users_applied: AtomicU64,
+    posts_published: AtomicU64,
     bad_documents: AtomicU64,
     batches: AtomicU64,
     restarts: AtomicU64,
@@ -106,6 +109,7 @@ impl StreamStats {
             "watcher": lock(&self.holder).clone(),
             "events": self.events.load(Ordering::Relaxed),
             "users_applied": self.users_applied.load(Ordering::Relaxed),
+            "posts_published": self.posts_published.load(Ordering::Relaxed),
             "bad_documents": self.bad_documents.load(Ordering::Relaxed),
             "batches": self.batches.load(Ordering::Relaxed),
             "restarts": self.restarts.load(Ordering::Relaxed),
@@ -301,11 +305,17 @@ impl Watcher {
     ) -> Result<(Cursor, Batch), WatchError> {
         let (cursor, batch) = self.open(db, None).await?;
         lease.save(batch.position.clone()).await?;
-        tracing::error!(stream = %self.cfg.name, reason, detail,
-            "change stream restarted from now; clearing every tier on every instance");
-        if let Some(state) = self.state.upgrade() {
-            let tiers = state.invalidations.invalidate_all("change-stream").await;
-            tracing::warn!(stream = %self.cfg.name, %tiers, "every tier cleared");
+        match self.cfg.kind {
+            StreamKind::ProfileUpdates => {
+                tracing::error!(stream = %self.cfg.name, reason, detail,
+                    "change stream restarted from now; clearing every tier on every instance");
+                if let Some(state) = self.state.upgrade() {
+                    let tiers = state.invalidations.invalidate_all("change-stream").await;
+                    tracing::warn!(stream = %self.cfg.name, %tiers, "every tier cleared");
+                }
+            }
+            StreamKind::NewPosts => tracing::error!(stream = %self.cfg.name, reason, detail,
+                "change stream restarted from now; posts inserted in between were not notified"),
         }
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         *lock(&self.stats.last_error) = Some(format!("{reason}: {detail}"));
@@ -322,9 +332,13 @@ impl Watcher {
         let name = self.cfg.name.as_str();
         let ids = state.profiles.ids();
         let mut users: Vec<String> = Vec::new();
+        let mut posts: Vec<Value> = Vec::new();
         let mut ended = None;
         for event in &events {
-            let change = classify(event, &self.cfg.id_field, &ids);
+            let change = match self.cfg.kind {
+                StreamKind::ProfileUpdates => classify(event, &self.cfg.id_field, &ids),
+                StreamKind::NewPosts => classify_post(event, &ids),
+            };
             self.metrics
                 .change_stream_events
                 .with_label_values(&[name, change.label()])
@@ -336,6 +350,7 @@ impl Watcher {
                         users.push(user_id);
                     }
                 }
+                Change::Post { post } => posts.push(post),
                 Change::Bad { operation, why } => {
                     self.stats.bad_documents.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -352,6 +367,14 @@ impl Watcher {
             }
         }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if !posts.is_empty() {
+            // In order, before the position is saved: a restart sends the
+            // batch again rather than losing it.
+            let sent = state.notifications.publish_all(state, posts).await;
+            self.stats
+                .posts_published
+                .fetch_add(sent as u64, Ordering::Relaxed);
+        }
         futures_util::stream::iter(users)
             .for_each_concurrent(APPLY_CONCURRENCY, |user| async move {
                 let text = json!({
