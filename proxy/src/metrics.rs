@@ -35,6 +35,9 @@ pub const BACKPLANE_OUTCOMES: [(&str, &[&str]); 2] = [
 pub const WARM_UP_SOURCES: [&str; 2] = ["admin", "periodic"];
 /// `outcome` label values of `profile_edge_warm_up_ids_total`.
 pub const WARM_UP_OUTCOMES: [&str; 4] = ["cached", "loaded", "not_found", "failed"];
+/// `outcome` label values of `profile_edge_sse_events_total`: events of an
+/// `[[enrich]]` route's upstream event stream.
+pub const SSE_EVENT_OUTCOMES: [&str; 4] = ["enriched", "passed", "failed", "oversize"];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
 pub struct Metrics {
@@ -92,6 +95,12 @@ pub struct Metrics {
     pub notifications_dropped: IntCounterVec,
     /// Beyond the contract: posts sent unenriched, by reason (failed, deadline).
     pub notifications_unenriched: IntCounterVec,
+    /// Beyond the contract: events of `[[enrich]]` routes' upstream event
+    /// streams, by outcome: enriched, passed (nothing to enrich: no data,
+    /// data not JSON, a comment, an event cut off by the stream's end),
+    /// failed (the policy failed; sent as it came), oversize (over the
+    /// route's `max_body_size`; forwarded untouched).
+    pub sse_events: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -258,6 +267,14 @@ impl Metrics {
             "New posts sent without enrichment, by reason (failed|deadline).",
             &["reason"],
         );
+        let sse_events = counter_vec(
+            "profile_edge_sse_events_total",
+            "Events of [[enrich]] routes' upstream event streams, by outcome (enriched|passed|failed|oversize).",
+            &["outcome"],
+        );
+        for outcome in SSE_EVENT_OUTCOMES {
+            sse_events.with_label_values(&[outcome]);
+        }
         for reason in ["lagged", "unknown-last-event-id"] {
             notifications_dropped.with_label_values(&[reason]);
         }
@@ -315,6 +332,7 @@ impl Metrics {
             notifications_sent,
             notifications_dropped,
             notifications_unenriched,
+            sse_events,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -342,6 +360,7 @@ impl Metrics {
             Box::new(m.notifications_sent.clone()),
             Box::new(m.notifications_dropped.clone()),
             Box::new(m.notifications_unenriched.clone()),
+            Box::new(m.sse_events.clone()),
             Box::new(m.warm_up_ids.clone()),
             Box::new(m.warm_up_runs.clone()),
             Box::new(m.warm_up_untracked.clone()),
@@ -439,6 +458,7 @@ mod tests {
             "profile_edge_warm_up_ids_total",
             "profile_edge_warm_up_runs_total",
             "profile_edge_warm_up_untracked_total",
+            "profile_edge_sse_events_total{outcome=\"oversize\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing");
         }
