@@ -5,7 +5,12 @@
 //! lists loaded once per author; `Last-Event-ID` replays what was missed or
 //! asks for a resync; a subscriber that stops reading is resynced while
 //! another gets every event; bad input is refused before a stream starts;
-//! shutdown ends streams.
+//! shutdown ends streams. Then the same clients on an `[[enrich]]` route
+//! whose upstream (the simulated Posts API) answers an event stream: each
+//! event enriched as it arrives, malformed ones passed through as they came.
+//! Then the other sources: a `new-posts` change stream on a real
+//! MongoDB-protocol server, three instances sharing a real Redis backplane,
+//! and the demo; and follower lists forgotten with their author's profile.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod support;
 
@@ -35,12 +40,31 @@ enum Frame {
 struct Sse {
     body: Incoming,
     buf: BytesMut,
+    /// Why the stream broke off, when it ended with an error rather than
+    /// cleanly.
+    broken: Option<String>,
 }
 
 impl Sse {
+    /// The notification stream, checked to open with `: connected`.
     async fn open(
         main: SocketAddr,
         query: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Sse, (StatusCode, Value)> {
+        let mut sse = Sse::connect(main, &format!("{PATH}{query}"), last_event_id).await?;
+        assert_eq!(
+            sse.next().await,
+            Some(Frame::Comment("connected".into())),
+            "the stream opens with a comment"
+        );
+        Ok(sse)
+    }
+
+    /// Any event stream at `target` (path and query).
+    async fn connect(
+        main: SocketAddr,
+        target: &str,
         last_event_id: Option<u64>,
     ) -> Result<Sse, (StatusCode, Value)> {
         let stream = tokio::net::TcpStream::connect(main).await.unwrap();
@@ -51,7 +75,7 @@ impl Sse {
         tokio::spawn(conn);
         let mut req = Request::builder()
             .method(Method::GET)
-            .uri(format!("{PATH}{query}"))
+            .uri(target)
             .header("host", "t")
             .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
@@ -67,33 +91,42 @@ impl Sse {
             return Err((status, error_json(&body)));
         }
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        let mut sse = Sse {
+        Ok(Sse {
             body: resp.into_body(),
             buf: BytesMut::new(),
-        };
-        assert_eq!(
-            sse.next().await,
-            Some(Frame::Comment("connected".into())),
-            "the stream opens with a comment"
-        );
-        Ok(sse)
+            broken: None,
+        })
+    }
+
+    /// The next block up to and including its blank line, byte for byte;
+    /// `None` when the stream ended (`broken` says whether with an error).
+    async fn block(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                return Some(self.buf.split_to(end + 2).freeze());
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
+                .await
+                .expect("a frame within 60 s");
+            match frame {
+                None => return None,
+                Some(Err(e)) => {
+                    self.broken = Some(e.to_string());
+                    return None;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
     }
 
     /// The next frame; `None` when the stream ended.
     async fn next(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(end) = find(&self.buf, b"\n\n") {
-                let raw = self.buf.split_to(end + 2);
-                return Some(parse(&String::from_utf8_lossy(&raw[..end])));
-            }
-            let frame = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
-                .await
-                .expect("a frame within 60 s")?
-                .ok()?;
-            if let Ok(data) = frame.into_data() {
-                self.buf.extend_from_slice(&data);
-            }
-        }
+        let raw = self.block().await?;
+        Some(parse(&String::from_utf8_lossy(&raw[..raw.len() - 2])))
     }
 
     /// The next post or resync, skipping heartbeats.
@@ -466,6 +499,214 @@ async fn bad_input_is_refused_before_the_stream() {
     app.shutdown().await;
 }
 
+// Enriched SSE passthrough (SPEC 9.3, last bullet): an `[[enrich]]` route
+// whose upstream answers `text/event-stream`.
+
+const POST_STREAM: &str = "/api/posts/stream";
+
+/// The sim as Officer and Posts API; `[[enrich]]` on `/api/posts` with the
+/// shipped `enrich-posts` policy as `feed`. `plugin` and `route` are extra
+/// lines for the policy's and the route's sections.
+fn stream_config(sim: &SimOrigin, plugin: &str, route: &str) -> String {
+    let wasm = repo_root().join("plugins/dist/enrich_posts.wasm");
+    assert!(
+        wasm.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        wasm.display()
+    );
+    profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
+             [plugins.feed]\npath = \"{}\"\ndeadline = \"1s\"\n{plugin}\n\n\
+             [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n{route}\n",
+            sim.posts_url(),
+            wasm.display()
+        ),
+    )
+}
+
+/// Opens the Posts API's stream through the proxy and waits until the
+/// simulator has it connected, so that what it sends next reaches it.
+async fn open_post_stream(sim: &SimOrigin, main: SocketAddr) -> Sse {
+    let sse = Sse::connect(main, POST_STREAM, None).await.unwrap();
+    wait_until(
+        "the simulated Posts API has the stream connected",
+        || async { sim.stream_subscribers() == 1 },
+    )
+    .await;
+    sse
+}
+
+/// An event's lines and its data as JSON (one `data:` line, last).
+fn event_lines(raw: &[u8]) -> (Vec<String>, Value) {
+    let text = std::str::from_utf8(raw).expect("UTF-8");
+    let text = text.strip_suffix("\n\n").expect("ends at a blank line");
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let data = lines.pop().expect("a data line");
+    let data = data.strip_prefix("data: ").expect("data last, on one line");
+    (lines, serde_json::from_str(data).expect("JSON data"))
+}
+
+fn snapshot_of(sim: &SimOrigin, author: &str) -> Value {
+    let p = sim.profile(author).expect("a sim user");
+    json!({"id": author, "displayName": p.display_name, "avatarUrl": p.avatar_url})
+}
+
+async fn sse_events(c: &HttpClient, admin: SocketAddr, outcome: &str) -> f64 {
+    metric(
+        c,
+        admin,
+        &format!("profile_edge_sse_events_total{{outcome=\"{outcome}\"}}"),
+    )
+    .await
+}
+
+/// Each event is enriched as it arrives: the first reaches the client,
+/// enriched, before the simulator sends the second (the test sends the
+/// second only once it has read the first). One profile load and one run of
+/// the policy per event; an author already loaded costs no origin call.
+/// Shutdown ends the stream cleanly and lets go of the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_event_stream_is_enriched_event_by_event() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let app = start_proxy(&stream_config(&sim, "", "")).await;
+    let (c, admin) = (client(), app.admin_addr());
+    let policy_ok = "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}";
+    let mut sse = open_post_stream(&sim, app.main_addr()).await;
+
+    let mut authors = Vec::new();
+    for n in 1..=2u64 {
+        let (calls, policy) = (
+            sim.stats().origin_calls(),
+            metric(&c, admin, policy_ok).await,
+        );
+        let author = sim.push_stream_post();
+        let (lines, data) = event_lines(&sse.block().await.expect("an event"));
+        assert_eq!(lines, [format!("id: {n}"), "event: post".to_string()]);
+        assert_eq!(data["type"], "new-post");
+        assert_eq!(data["post"]["userId"], json!(author));
+        assert_eq!(
+            data["post"]["userSnapshot"],
+            snapshot_of(&sim, &author),
+            "{data}"
+        );
+        assert_eq!(sim.stats().origin_calls() - calls, 1, "one profile load");
+        assert_eq!(
+            metric(&c, admin, policy_ok).await - policy,
+            2.0,
+            "one needed-ids and one enrich call"
+        );
+        authors.push(author);
+    }
+    assert_ne!(authors[0], authors[1]);
+
+    // The first author again: enriched from the memory tier.
+    let calls = sim.stats().origin_calls();
+    let again = format!(
+        "id: 3\nevent: post\ndata: {}\n\n",
+        json!({"type": "new-post", "post": {"id": "again", "userId": authors[0]}})
+    );
+    assert_eq!(sim.push_stream_raw(&again), 1);
+    let (lines, data) = event_lines(&sse.block().await.expect("an event"));
+    assert_eq!(lines, ["id: 3", "event: post"]);
+    assert_eq!(data["post"]["userSnapshot"], snapshot_of(&sim, &authors[0]));
+    assert_eq!(sim.stats().origin_calls(), calls, "no origin call");
+    assert_eq!(sse_events(&c, admin, "enriched").await, 3.0);
+
+    app.shutdown().await;
+    assert_eq!(sse.block().await, None, "shutdown ends the stream");
+    assert_eq!(sse.broken, None, "cleanly, not cut off");
+    // The proxy let go of the upstream's stream: the simulator sees it
+    // gone once a write finds the connection closed.
+    wait_until("the upstream stream is closed", || async {
+        sim.push_stream_raw(": anyone?\n\n");
+        sim.stream_subscribers() == 0
+    })
+    .await;
+}
+
+/// What the policy cannot or need not enrich passes through byte for byte
+/// (data that is not JSON, a comment, an event with an unknown field and no
+/// data, an event over `max_body_size`, an event the policy fails on, even
+/// with `on_error = "closed"`: the stream has started), and the stream goes
+/// on with the next good event enriched, its unknown field kept in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upstream_events_pass_through_as_they_came() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let app = start_proxy(&stream_config(
+        &sim,
+        "on_error = \"closed\"",
+        "max_body_size = \"1KiB\"",
+    ))
+    .await;
+    let (c, admin) = (client(), app.admin_addr());
+    let policy = |outcome: &'static str| {
+        let c = c.clone();
+        async move {
+            metric(
+                &c,
+                admin,
+                &format!(
+                    "profile_edge_plugin_calls_total{{outcome=\"{outcome}\",plugin=\"feed\"}}"
+                ),
+            )
+            .await
+        }
+    };
+    let mut sse = open_post_stream(&sim, app.main_addr()).await;
+
+    let author = user_id(7);
+    let big = format!(
+        "id: 13\nevent: post\ndata: {}\n\n",
+        json!({"type": "new-post", "post": {"userId": author, "text": "x".repeat(2048)}})
+    );
+    let as_they_came = [
+        "id: 10\nevent: post\ndata: {\"type\": \"new-post\", \"post\": \n\n".to_string(),
+        ": a comment from the upstream\n\n".to_string(),
+        "id: 11\nmood: sunny\nretry: 3000\n\n".to_string(),
+        "id: 12\nevent: post\ndata: [\"not\", \"posts\"]\n\n".to_string(),
+        big,
+    ];
+    for raw in &as_they_came {
+        assert_eq!(sim.push_stream_raw(raw), 1);
+        let got = sse.block().await.expect("an event");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            *raw,
+            "passed through byte for byte"
+        );
+    }
+    assert_eq!(policy("ok").await, 0.0, "only the array reached the policy");
+    assert_eq!(policy("error").await, 1.0, "and failed there");
+
+    // An unknown field with data: enriched, the field kept where it was.
+    let good = format!(
+        "id: 14\nmood: sunny\nevent: post\ndata: {}\n\n",
+        json!({"type": "new-post", "post": {"id": "p", "userId": author}})
+    );
+    assert_eq!(sim.push_stream_raw(&good), 1);
+    let (lines, data) = event_lines(&sse.block().await.expect("an event"));
+    assert_eq!(lines, ["id: 14", "mood: sunny", "event: post"]);
+    assert_eq!(data["post"]["userSnapshot"], snapshot_of(&sim, &author));
+    // And the simulator's own next post.
+    let next = sim.push_stream_post();
+    let (lines, data) = event_lines(&sse.block().await.expect("an event"));
+    assert_eq!(lines, ["id: 1", "event: post"]);
+    assert_eq!(data["post"]["userSnapshot"], snapshot_of(&sim, &next));
+    assert_eq!(policy("ok").await, 4.0, "two events, two calls each");
+
+    for (outcome, n) in [
+        ("enriched", 2.0),
+        ("passed", 3.0),
+        ("failed", 1.0),
+        ("oversize", 1.0),
+    ] {
+        assert_eq!(sse_events(&c, admin, outcome).await, n, "{outcome}");
+    }
+    app.shutdown().await;
+}
+
 // Sources of posts beyond the admin route: a `new-posts` change stream,
 // the other instances of the fleet, the demo; and follower lists that
 // follow profile events.
@@ -639,7 +880,11 @@ async fn three_instances_deliver_each_post_once_everywhere() {
                 .await
             }
         };
-        assert_eq!(relayed("delivered").await, (POSTS * 2 / 3) as f64, "instance {i}");
+        assert_eq!(
+            relayed("delivered").await,
+            (POSTS * 2 / 3) as f64,
+            "instance {i}"
+        );
         assert_eq!(
             policy_calls(&c, admin).await - policy[i],
             (POSTS / 3 * 2) as f64,

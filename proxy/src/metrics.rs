@@ -35,6 +35,9 @@ pub const BACKPLANE_OUTCOMES: [(&str, &[&str]); 2] = [
 pub const WARM_UP_SOURCES: [&str; 2] = ["admin", "periodic"];
 /// `outcome` label values of `profile_edge_warm_up_ids_total`.
 pub const WARM_UP_OUTCOMES: [&str; 4] = ["cached", "loaded", "not_found", "failed"];
+/// `outcome` label values of `profile_edge_sse_events_total`: events of an
+/// `[[enrich]]` route's upstream event stream.
+pub const SSE_EVENT_OUTCOMES: [&str; 4] = ["enriched", "passed", "failed", "oversize"];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
 pub struct Metrics {
@@ -95,6 +98,12 @@ pub struct Metrics {
     /// Beyond the contract: posts relayed to the rest of the fleet through
     /// the backplane's Redis, by direction (sent|received) and outcome.
     pub notifications_relayed: IntCounterVec,
+    /// Beyond the contract: events of `[[enrich]]` routes' upstream event
+    /// streams, by outcome: enriched, passed (nothing to enrich: no data,
+    /// data not JSON, a comment, an event cut off by the stream's end),
+    /// failed (the policy failed; sent as it came), oversize (over the
+    /// route's `max_body_size`; forwarded untouched).
+    pub sse_events: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -276,6 +285,14 @@ impl Metrics {
         ] {
             notifications_relayed.with_label_values(&[direction, outcome]);
         }
+        let sse_events = counter_vec(
+            "profile_edge_sse_events_total",
+            "Events of [[enrich]] routes' upstream event streams, by outcome (enriched|passed|failed|oversize).",
+            &["outcome"],
+        );
+        for outcome in SSE_EVENT_OUTCOMES {
+            sse_events.with_label_values(&[outcome]);
+        }
         for reason in ["lagged", "unknown-last-event-id"] {
             notifications_dropped.with_label_values(&[reason]);
         }
@@ -334,6 +351,7 @@ impl Metrics {
             notifications_dropped,
             notifications_unenriched,
             notifications_relayed,
+            sse_events,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -362,6 +380,7 @@ impl Metrics {
             Box::new(m.notifications_dropped.clone()),
             Box::new(m.notifications_unenriched.clone()),
             Box::new(m.notifications_relayed.clone()),
+            Box::new(m.sse_events.clone()),
             Box::new(m.warm_up_ids.clone()),
             Box::new(m.warm_up_runs.clone()),
             Box::new(m.warm_up_untracked.clone()),
@@ -459,6 +478,7 @@ mod tests {
             "profile_edge_warm_up_ids_total",
             "profile_edge_warm_up_runs_total",
             "profile_edge_warm_up_untracked_total",
+            "profile_edge_sse_events_total{outcome=\"oversize\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

@@ -43,7 +43,8 @@ pub struct EnrichRoute {
     pub path_prefix: String,
     pub upstream: String,
     pub plugin: String,
-    /// Larger answers pass through unenriched.
+    /// Larger answers pass through unenriched; in an event stream, larger
+    /// events (so it also bounds what one stream holds).
     #[serde(default = "defaults::enrich_max_body")]
     pub max_body_size: ByteSize,
 }

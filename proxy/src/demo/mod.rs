@@ -78,13 +78,15 @@ mod tempfile_dir {
 
 impl Demo {
     pub async fn start(opts: &DemoOptions) -> anyhow::Result<Demo> {
-        let sim = SimOrigin::start(SimConfig {
+        let mut sim = SimOrigin::start(SimConfig {
             users: opts.users,
             latency: opts.latency,
             ..SimConfig::default()
         })
         .await
         .context("starting the simulated Officer and Posts API")?;
+        // A live feed for `/api/posts/stream`: a new post every second.
+        sim.start_stream_ticker(POST_EVERY);
         // The plugin files first: the config names them and must find them.
         let plugin_dir =
             tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
@@ -201,6 +203,10 @@ impl Demo {
             (
                 format!("curl -N http://{p}{NOTIFICATIONS_PATH}"),
                 "the notification stream (SSE): a new post every second, each with its userSnapshot",
+            ),
+            (
+                format!("curl -sN http://{p}/api/posts/stream"),
+                "the Posts API's live stream, a post a second, each event enriched as it arrives (Ctrl-C ends it)",
             ),
             (
                 format!(

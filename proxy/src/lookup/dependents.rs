@@ -23,10 +23,7 @@ pub struct Dependents {
 
 impl Dependents {
     pub fn add(&self, d: Arc<dyn Dependent>) {
-        self.list
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(d);
+        self.list.write().unwrap_or_else(|p| p.into_inner()).push(d);
     }
 
     pub fn forget(&self, id: &str) {

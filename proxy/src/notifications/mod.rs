@@ -281,8 +281,11 @@ impl Notifications {
                     None
                 }
                 Err(_) => {
-                    tracing::warn!(author, ?deadline,
-                        "followers not loaded in time: filtered subscribers miss this post");
+                    tracing::warn!(
+                        author,
+                        ?deadline,
+                        "followers not loaded in time: filtered subscribers miss this post"
+                    );
                     None
                 }
             }

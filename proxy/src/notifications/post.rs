@@ -54,7 +54,11 @@ mod tests {
         };
         assert_eq!(check(json!({"userId": "u1"})), Ok("u1".into()));
         assert_eq!(check(json!({})), Err(BadPost::NoAuthor("post")));
-        assert!(matches!(check(json!({"userId": 7})), Err(BadPost::AuthorNotAString("post", v)) if v == "7"));
-        assert!(matches!(check(json!({"userId": "../x"})), Err(BadPost::BadAuthor(w)) if w.contains("post.userId")));
+        assert!(
+            matches!(check(json!({"userId": 7})), Err(BadPost::AuthorNotAString("post", v)) if v == "7")
+        );
+        assert!(
+            matches!(check(json!({"userId": "../x"})), Err(BadPost::BadAuthor(w)) if w.contains("post.userId"))
+        );
     }
 }

@@ -2,8 +2,11 @@
 //! a 2xx JSON answer under the route's size limit goes to the enrichment
 //! policy, which names the profile ids it needs; those are looked up through
 //! the tiers and the coalescer at once; the policy writes the new body, and
-//! it goes out with a correct length. Non-2xx, non-JSON, compressed or
-//! over-size answers pass through untouched, streamed.
+//! it goes out with a correct length. A 2xx `text/event-stream` answer is
+//! enriched event by event as it streams (`sse`). Non-2xx, non-JSON,
+//! compressed or over-size answers pass through untouched, streamed.
+
+mod sse;
 
 use std::sync::Arc;
 
@@ -27,7 +30,7 @@ pub async fn handle(
     conn: ConnInfo,
     rt: &Runtime,
     route: &EnrichRoute,
-    state: &State,
+    state: &Arc<State>,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream = rt.upstreams.get(&route.upstream).ok_or_else(|| {
         ProxyError::Internal(format!(
@@ -39,7 +42,13 @@ pub async fn handle(
     let idle = rt.config.server.body_read_timeout.get();
     let resp = passthrough::forward(req, conn, upstream, &state.metrics, None, idle).await?;
     let limit = route.max_body_size.as_usize();
-    if head || !enrichable(resp.status(), resp.headers(), limit) {
+    if head {
+        return Ok(resp);
+    }
+    if sse::is_event_stream(resp.status(), resp.headers()) {
+        return Ok(sse::relay(resp, &route.plugin, limit, state));
+    }
+    if !enrichable(resp.status(), resp.headers(), limit) {
         return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
@@ -101,16 +110,19 @@ fn enrichable(status: http::StatusCode, h: &HeaderMap, limit: usize) -> bool {
             let ct = ct.to_ascii_lowercase();
             ct.starts_with("application/json") || ct.contains("+json")
         });
-    let plain = h
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|e| e.eq_ignore_ascii_case("identity"));
     let small = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_none_or(|n| n <= limit as u64);
-    status.is_success() && json && plain && small
+    status.is_success() && json && plain_encoding(h) && small
+}
+
+/// No content encoding (or `identity`): the bytes are the content.
+fn plain_encoding(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|e| e.eq_ignore_ascii_case("identity"))
 }
 
 enum Read {

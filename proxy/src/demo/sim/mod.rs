@@ -6,6 +6,8 @@
 //! origin to talk to that is deterministic, has configurable latency, can be
 //! switched into failure modes at runtime, and counts every call it receives
 //! (tests assert on those counters to prove caching and batching work).
+//! The Posts API also streams new posts (`GET /api/posts/stream`, Server-Sent
+//! Events) that tests and the demo push through [`SimOrigin`].
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -15,16 +17,17 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Request bodies larger than this are refused; the only body we parse is a
@@ -39,6 +42,12 @@ const USER_POSTS_LIMIT: usize = 20;
 const AUTHOR_STRIDE: u128 = 7919;
 /// Long enough that any client under test times out first.
 const HANG_FOR: Duration = Duration::from_secs(3600);
+/// Frames of `/api/posts/stream` a slow reader may be behind before it
+/// skips ahead; tests read each event before sending the next.
+const STREAM_BUFFER: usize = 64;
+
+/// Every answer's body: in memory, or the post stream.
+type SimBody = UnsyncBoxBody<Bytes, Infallible>;
 
 const LOCATIONS: [&str; 8] = [
     "Lisbon, Portugal",
@@ -387,6 +396,12 @@ struct Shared {
     /// Open (`true`) unless a test holds Officer answers back; see
     /// [`SimOrigin::hold_officer`].
     gate: watch::Sender<bool>,
+    /// Raw frames for `GET /api/posts/stream`: each connected stream holds
+    /// a receiver and writes every frame sent after it connected.
+    stream: broadcast::Sender<Bytes>,
+    next_stream_post: AtomicU64,
+    /// `true` once the origin stops: streams end.
+    stop: watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -414,6 +429,25 @@ impl Shared {
         let _held = Held::enter(&self.stats);
         // An error means the sender is gone, i.e. the origin is stopping.
         let _ = open.wait_for(|open| *open).await;
+    }
+
+    /// Sends the next post to the stream; returns its author's id.
+    fn push_stream_post(&self) -> String {
+        let seq = self.next_stream_post.fetch_add(1, Ordering::SeqCst);
+        let i = usize::try_from(seq % self.post_count.max(1) as u64).unwrap_or(0);
+        let post = Post::synthetic(i, self.user_count);
+        let author = post.user_id.clone();
+        let data = serde_json::to_string(&Notification {
+            kind: "new-post",
+            post,
+        })
+        .unwrap_or_default();
+        // No stream connected is no error: a live feed goes on regardless.
+        let _ = self.stream.send(Bytes::from(format!(
+            "id: {}\nevent: post\ndata: {data}\n\n",
+            seq + 1
+        )));
+        author
     }
 }
 
@@ -447,6 +481,7 @@ impl SimOrigin {
         let officer_addr = officer_listener.local_addr()?;
         let posts_addr = posts_listener.local_addr()?;
 
+        let (stop, stop_rx) = watch::channel(false);
         let users = (0..cfg.users)
             .map(|i| {
                 let p = Profile::synthetic(i);
@@ -462,9 +497,11 @@ impl SimOrigin {
             next_notification: AtomicU64::new(0),
             stats: SimStats::default(),
             gate: watch::channel(true).0,
+            stream: broadcast::channel(STREAM_BUFFER).0,
+            next_stream_post: AtomicU64::new(0),
+            stop: stop_rx.clone(),
         });
 
-        let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(accept_loop(
                 officer_listener,
@@ -544,6 +581,48 @@ impl SimOrigin {
     /// Opens the gate: held Officer requests are answered, new ones pass.
     pub fn release_officer(&self) {
         self.shared.gate.send_replace(true);
+    }
+
+    /// `GET /api/posts/stream` requests connected now. Tests wait for this
+    /// before sending, instead of sleeping.
+    pub fn stream_subscribers(&self) -> usize {
+        self.shared.stream.receiver_count()
+    }
+
+    /// Sends `frame` as it is to every connected stream (for malformed
+    /// events and comments); returns how many streams it went to.
+    pub fn push_stream_raw(&self, frame: &str) -> usize {
+        self.shared
+            .stream
+            .send(Bytes::copy_from_slice(frame.as_bytes()))
+            .unwrap_or(0)
+    }
+
+    /// Sends the next post to every connected stream as `id: N`, `event:
+    /// post`, `data: {"type": "new-post", "post": {...}}` (the shape of
+    /// `/api/posts/notifications/new`); returns the post's author id.
+    pub fn push_stream_post(&self) -> String {
+        self.shared.push_stream_post()
+    }
+
+    /// From now on, a post to the stream every `every` (the demo's live
+    /// feed), until the origin stops.
+    pub fn start_stream_ticker(&mut self, every: Duration) {
+        let shared = Arc::clone(&self.shared);
+        let mut stop = shared.stop.clone();
+        // `interval` refuses zero.
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => break,
+                    _ = tick.tick() => {
+                        shared.push_stream_post();
+                    }
+                }
+            }
+        }));
     }
 
     /// Current origin copy of a profile, for tests to compare against what
@@ -682,7 +761,7 @@ async fn serve_conn(
     }
 }
 
-async fn handle(api: Api, shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(api: Api, shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     match api {
         Api::Officer => officer(shared, req).await,
         Api::Posts => posts(shared, req).await,
@@ -724,7 +803,7 @@ impl OfficerRoute {
     }
 }
 
-async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     let stats = &shared.stats;
     let _in_flight = InFlight::enter(stats);
     let route = OfficerRoute::parse(req.method(), req.uri().path());
@@ -790,7 +869,7 @@ async fn officer(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes
     }
 }
 
-async fn read_batch(body: Incoming) -> Result<Vec<String>, Response<Full<Bytes>>> {
+async fn read_batch(body: Incoming) -> Result<Vec<String>, Response<SimBody>> {
     let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -818,7 +897,7 @@ async fn read_batch(body: Incoming) -> Result<Vec<String>, Response<Full<Bytes>>
     }
 }
 
-fn get_user(shared: &Shared, id: &str) -> Response<Full<Bytes>> {
+fn get_user(shared: &Shared, id: &str) -> Response<SimBody> {
     let users = shared.users.read().unwrap_or_else(PoisonError::into_inner);
     match users.get(id) {
         Some(p) => json_response(StatusCode::OK, p),
@@ -830,7 +909,7 @@ fn get_user(shared: &Shared, id: &str) -> Response<Full<Bytes>> {
     }
 }
 
-fn batch_users(shared: &Shared, ids: &[String]) -> Response<Full<Bytes>> {
+fn batch_users(shared: &Shared, ids: &[String]) -> Response<SimBody> {
     let users = shared.users.read().unwrap_or_else(PoisonError::into_inner);
     let mut seen = HashSet::with_capacity(ids.len());
     let found = ids
@@ -841,7 +920,7 @@ fn batch_users(shared: &Shared, ids: &[String]) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &BatchResponse { users: found })
 }
 
-fn followers(shared: &Shared, id: &str) -> Response<Full<Bytes>> {
+fn followers(shared: &Shared, id: &str) -> Response<SimBody> {
     let users = shared.users.read().unwrap_or_else(PoisonError::into_inner);
     if !users.contains_key(id) {
         return error_response(
@@ -869,7 +948,7 @@ fn followers(shared: &Shared, id: &str) -> Response<Full<Bytes>> {
     )
 }
 
-async fn posts(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn posts(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
     shared.stats.posts_calls.fetch_add(1, Ordering::SeqCst);
     shared.delay().await;
 
@@ -900,6 +979,9 @@ async fn posts(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     let Some(rest) = path.strip_prefix("/api/posts/") else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "no such route");
     };
+    if rest == "stream" {
+        return post_stream(shared);
+    }
     if rest == "notifications/new" {
         if n_posts == 0 {
             return error_response(StatusCode::NOT_FOUND, "not_found", "no posts");
@@ -936,6 +1018,31 @@ async fn posts(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
 }
 
+/// `GET /api/posts/stream`: Server-Sent Events, every frame sent through
+/// `Shared::stream` after the request connected, until the origin stops.
+fn post_stream(shared: &Shared) -> Response<SimBody> {
+    let state = (shared.stream.subscribe(), shared.stop.clone());
+    let frames = futures_util::stream::unfold(state, |(mut rx, mut stop)| async move {
+        loop {
+            tokio::select! {
+                () = stopped(&mut stop) => return None,
+                frame = rx.recv() => match frame {
+                    Ok(frame) => return Some((Ok(Frame::data(frame)), (rx, stop))),
+                    // A reader too slow for the buffer skips ahead, as it
+                    // would on a real feed.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 /// Parses `limit` and `offset`; `limit` is clamped to `1..=MAX_PAGE`.
 fn page_params(query: Option<&str>) -> Result<(usize, usize), String> {
     let mut limit = DEFAULT_PAGE;
@@ -955,7 +1062,7 @@ fn page_params(query: Option<&str>) -> Result<(usize, usize), String> {
     Ok((limit.clamp(1, MAX_PAGE), offset))
 }
 
-fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<SimBody> {
     match serde_json::to_vec(value) {
         Ok(body) => with_body(status, Bytes::from(body)),
         Err(e) => {
@@ -968,12 +1075,12 @@ fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Respon
     }
 }
 
-fn error_response(status: StatusCode, error: &str, detail: &str) -> Response<Full<Bytes>> {
+fn error_response(status: StatusCode, error: &str, detail: &str) -> Response<SimBody> {
     json_response(status, &ErrorBody { error, detail })
 }
 
-fn with_body(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body));
+fn with_body(status: StatusCode, body: Bytes) -> Response<SimBody> {
+    let mut resp = Response::new(Full::new(body).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -264,7 +264,7 @@ mod tests {
         let oid = ObjectId::new();
         let at = mongodb::bson::DateTime::from_millis(1_767_225_600_000);
         let insert = doc! {"operationType": "insert", "documentKey": {"_id": oid},
-            "fullDocument": {"_id": oid, "userId": "u1", "text": "hi", "at": at, "likes": 3_i64, "tags": ["a"]}};
+        "fullDocument": {"_id": oid, "userId": "u1", "text": "hi", "at": at, "likes": 3_i64, "tags": ["a"]}};
         let Change::Post { post } = classify_post(&insert, &ids()) else {
             panic!("not a post");
         };
@@ -276,8 +276,14 @@ mod tests {
         let update = doc! {"operationType": "update", "documentKey": {"_id": 1}};
         assert_eq!(classify_post(&update, &ids()).label(), "update");
         for (event, why) in [
-            (doc! {"operationType": "insert", "fullDocument": {"text": "x"}}, "fullDocument.userId"),
-            (doc! {"operationType": "insert", "fullDocument": {"userId": 4}}, "fullDocument.userId"),
+            (
+                doc! {"operationType": "insert", "fullDocument": {"text": "x"}},
+                "fullDocument.userId",
+            ),
+            (
+                doc! {"operationType": "insert", "fullDocument": {"userId": 4}},
+                "fullDocument.userId",
+            ),
             (doc! {"operationType": "insert"}, "fullDocument"),
         ] {
             match classify_post(&event, &ids()) {
