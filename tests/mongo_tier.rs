@@ -169,15 +169,7 @@ async fn a_removal_is_a_versioned_tombstone() {
         Ok(0)
     );
     assert!(sim.update_user(&id));
-    let (status, _, _) = send(
-        &c,
-        http::Method::DELETE,
-        &format!("http://{}/admin/cache/users/{id}", app.admin_addr()),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    purge(&c, app.admin_addr(), &id).await;
     let tomb = snapshot(&mongo, &id).await.unwrap();
     assert_eq!(
         (tomb.get_str("kind"), tomb.get_i64("version")),
@@ -221,15 +213,7 @@ async fn a_superseded_load_on_another_instance_cannot_write_back() {
     .await;
     assert!(sim.update_user(&id));
     let c = client();
-    let (status, _, _) = send(
-        &c,
-        http::Method::DELETE,
-        &format!("http://{}/admin/cache/users/{id}", a.admin_addr()),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    purge(&c, a.admin_addr(), &id).await;
     sim.release_officer();
     let (version, _) = held.await.unwrap();
     assert_eq!(version, 2, "B's waiter got the new value");

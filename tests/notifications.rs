@@ -753,15 +753,7 @@ async fn a_post_inserted_into_the_posts_collection_reaches_every_subscriber() {
     let author = user_id(4);
     served(&c, app.main_addr(), &author).await;
     assert!(sim.update_user(&author));
-    let (status, _, _) = send(
-        &c,
-        Method::DELETE,
-        &format!("http://{}/admin/cache/users/{author}", app.admin_addr()),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    purge(&c, app.admin_addr(), &author).await;
     let current = sim.profile(&author).unwrap();
     let mut subs = Vec::new();
     for _ in 0..100 {
@@ -918,15 +910,7 @@ async fn a_profile_event_forgets_the_authors_follower_list() {
         assert_eq!(filtered.post().await.0, id);
         assert_eq!(loaded(c.clone(), app.admin_addr()).await, loads);
     }
-    let (status, _, _) = send(
-        &c,
-        Method::DELETE,
-        &format!("http://{}/admin/cache/users/{author}", app.admin_addr()),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    purge(&c, app.admin_addr(), &author).await;
     let id = publish(&c, app.admin_addr(), "p2", &author).await;
     assert_eq!(filtered.post().await.0, id);
     assert_eq!(

@@ -340,15 +340,7 @@ async fn an_invalidation_racing_a_slow_load_wins() {
 
     // The profile changes and the invalidation lands while it loads.
     assert!(sim.update_user(&id));
-    let (status, _, _) = send(
-        &c,
-        Method::DELETE,
-        &format!("http://{}/admin/cache/users/{id}", app.admin_addr()),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    purge(&c, app.admin_addr(), &id).await;
     // Only now does the old load come back, with version 1.
     assert_eq!(
         sim.stats().held.load(std::sync::atomic::Ordering::SeqCst),

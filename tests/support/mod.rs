@@ -294,6 +294,25 @@ pub async fn get(client: &HttpClient, url: &str) -> (StatusCode, HeaderMap, Byte
 
 /// Parses a proxy error body and checks it has the SPEC shape.
 /// A JSON body, or a failure that shows what came instead.
+/// `DELETE /admin/cache/users/{id}` (an admin purge: every tier here, and
+/// every instance's memory with a backplane); fails unless it answers 200.
+pub async fn purge(client: &HttpClient, admin: SocketAddr, id: &str) {
+    let (status, _, body) = send(
+        client,
+        Method::DELETE,
+        &format!("http://{admin}/admin/cache/users/{id}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "purge of {id}: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
