@@ -241,7 +241,7 @@ impl Metrics {
         );
         let change_stream_restarts = counter_vec(
             "profile_edge_change_stream_restarts_total",
-            "Change streams started over from now after every tier was cleared, by stream and reason (history-lost|invalidate).",
+            "Change streams started over from now (profile-updates streams clear every tier first), by stream and reason (history-lost|invalidate).",
             &["stream", "reason"],
         );
         let post_snapshots_refreshed = IntCounter::new(

@@ -146,15 +146,16 @@ impl Relay {
     /// Queues a post for the other instances; never waits on Redis.
     pub fn send(&self, post: Outgoing) {
         if self.queue.try_send(post).is_err() {
-            bump(&self.stats.dropped);
+            let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             self.metrics
                 .notifications_relayed
                 .with_label_values(&["sent", "dropped"])
                 .inc();
-            tracing::warn!(
-                queued = QUEUE,
-                "notification relay queue is full; a post reaches this instance's subscribers only"
-            );
+            // The first drop, then one line per thousand.
+            if dropped % 1000 == 1 {
+                tracing::warn!(queued = QUEUE, dropped,
+                    "notification relay queue is full; posts reach this instance's subscribers only");
+            }
         }
     }
 
