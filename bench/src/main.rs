@@ -4,9 +4,10 @@
 //! `bench/RESULTS.md`.
 //!
 //! ```sh
-//! cargo run --release -p profile-edge-bench               # full run (about 15-20 min)
+//! cargo run --release -p profile-edge-bench               # full run (about 20-25 min)
 //! cargo run --release -p profile-edge-bench -- --quick    # smoke run (a few minutes)
 //! cargo run --release -p profile-edge-bench -- --only warm
+//! cargo run --release -p profile-edge-bench -- --only fanout --no-write
 //! ```
 
 mod load;
@@ -28,7 +29,7 @@ const USAGE: &str = "usage: profile-edge-bench [--quick] [--only NAME] [--no-bui
 
   --quick      short smoke run (1 round per comparison, smaller counts)
   --only NAME  run one scenario: warm, cold, zipf, enrich, reload, redis, memory, backplane,
-               mongo
+               mongo, fanout (raises its own open-files limit to the hard limit)
   --no-build   do not run `cargo build --release -p profile-edge` first
   --no-write   print only; leave bench/RESULTS.md alone";
 

@@ -5,6 +5,7 @@
 mod backplane;
 mod cold;
 mod enrich;
+mod fanout;
 mod memory;
 mod mongo;
 mod redis_tier;
@@ -55,6 +56,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "mongo",
         "9. MongoDB: Mongo-tier vs Redis-tier hits; change-stream lag across 3 instances; post snapshot refresh",
     ),
+    (
+        "fanout",
+        "10. Notifications: fan-out to 10 000 SSE subscribers (insert-to-receipt latency, losses, memory and CPU per subscriber); stuck subscribers",
+    ),
 ];
 
 pub struct Ctx {
@@ -94,6 +99,7 @@ pub async fn run(key: &'static str, ctx: &Ctx) -> Section {
         "memory" => memory::run(ctx, &mut sec).await,
         "backplane" => backplane::run(ctx, &mut sec).await,
         "mongo" => mongo::run(ctx, &mut sec).await,
+        "fanout" => fanout::run(ctx, &mut sec).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
     };
     if let Err(e) = result {
