@@ -65,13 +65,7 @@ impl Fleet {
     }
 
     async fn backplane(&self, i: usize) -> Value {
-        let (status, _, body) = get(
-            &self.client,
-            &format!("http://{}/admin/stats", self.admin(i)),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
-        json(&body)["backplane"].clone()
+        admin_stats(&self.client, self.admin(i)).await["backplane"].clone()
     }
 
     async fn stat(&self, i: usize, field: &str) -> u64 {
@@ -755,12 +749,8 @@ async fn redis_restarting_under_load_fails_no_request() {
         wait_until(&format!("instance {i} uses Redis again"), || async {
             let n = next.fetch_add(1, Ordering::SeqCst) as usize;
             fleet.served(i, &user_id(10 + n % 1990)).await;
-            let (_, _, body) = get(
-                &fleet.client,
-                &format!("http://{}/admin/stats", fleet.admin(i)),
-            )
-            .await;
-            json(&body)["tiers"]["redis"]["breaker_open"] == json!(false)
+            admin_stats(&fleet.client, fleet.admin(i)).await["tiers"]["redis"]["breaker_open"]
+                == json!(false)
         })
         .await;
     }

@@ -33,8 +33,7 @@ async fn wait_for_version(c: &HttpClient, main: SocketAddr, id: &str, v: u64, wh
 }
 
 async fn stream_stats(c: &HttpClient, admin: SocketAddr) -> Value {
-    let (_, _, body) = get(c, &format!("http://{admin}/admin/stats")).await;
-    let s = json(&body);
+    let s = admin_stats(c, admin).await;
     s["change_streams"]
         .as_array()
         .and_then(|a| a.iter().find(|x| x["name"] == STREAM))
@@ -235,8 +234,10 @@ async fn a_profile_change_reaches_every_instance_and_the_stored_posts() {
         metric(&c, admin, "profile_edge_post_snapshots_refreshed_total").await,
         5.0
     );
-    let (_, _, body) = get(&c, &format!("http://{admin}/admin/stats")).await;
-    assert_eq!(json(&body)["post_snapshots"]["posts_refreshed"], 5);
+    assert_eq!(
+        admin_stats(&c, admin).await["post_snapshots"]["posts_refreshed"],
+        5
+    );
 
     // The watcher goes away: the other instance takes the stream over.
     let gone = apps.remove(first);
@@ -656,8 +657,10 @@ async fn post_snapshots_follow_admin_events() {
         answer["actions"][0]["result"], "done",
         "the refresh still happened: {answer}"
     );
-    let (_, _, body) = get(&c, &format!("http://{}/admin/stats", app.admin_addr())).await;
-    assert_eq!(json(&body)["post_snapshots"]["failures"], 1);
+    assert_eq!(
+        admin_stats(&c, app.admin_addr()).await["post_snapshots"]["failures"],
+        1
+    );
     app.shutdown().await;
 }
 

@@ -13,13 +13,8 @@ use std::time::Duration;
 use http::StatusCode;
 use mongodb::bson::{doc, Document};
 use profile_edge::testkit::user_id;
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-async fn stats(c: &HttpClient, admin: std::net::SocketAddr) -> Value {
-    let (_, _, body) = get(c, &format!("http://{admin}/admin/stats")).await;
-    json(&body)
-}
 
 async fn snapshot(mongo: &MongoServer, id: &str) -> Option<Document> {
     mongo
@@ -89,7 +84,7 @@ async fn a_warm_snapshot_collection_answers_without_the_origin() {
         values.iter().all(Option::is_some),
         "Redis filled from the snapshots"
     );
-    let s = stats(&c, reader.admin_addr()).await;
+    let s = admin_stats(&c, reader.admin_addr()).await;
     assert_eq!(s["tiers"]["mongo"]["hits"], json!(100), "{s}");
     // The TTL index is created in the background.
     let coll = mongo
@@ -133,7 +128,7 @@ async fn a_dead_server_is_skipped_and_used_again_when_back() {
         assert_eq!(served(&c, app.main_addr(), &user_id(i)).await.1, "origin");
     }
     assert_eq!(
-        stats(&c, app.admin_addr()).await["tiers"]["mongo"]["breaker_open"],
+        admin_stats(&c, app.admin_addr()).await["tiers"]["mongo"]["breaker_open"],
         json!(true)
     );
     mongo.0.restart().await.unwrap();
@@ -148,7 +143,7 @@ async fn a_dead_server_is_skipped_and_used_again_when_back() {
     })
     .await;
     assert_eq!(
-        stats(&c, app.admin_addr()).await["tiers"]["mongo"]["breaker_open"],
+        admin_stats(&c, app.admin_addr()).await["tiers"]["mongo"]["breaker_open"],
         json!(false)
     );
     app.shutdown().await;
@@ -279,12 +274,12 @@ async fn start_up_without_a_server_stops_nothing() {
             (1, "origin".to_string())
         );
     }
-    let s = stats(&c, app.admin_addr()).await;
+    let s = admin_stats(&c, app.admin_addr()).await;
     assert_eq!(s["tiers"]["mongo"]["breaker_open"], json!(true), "{s}");
     wait_until("the stream waits for its server", || {
         let c = c.clone();
         let admin = app.admin_addr();
-        async move { stats(&c, admin).await["change_streams"][0]["role"] == "retrying" }
+        async move { admin_stats(&c, admin).await["change_streams"][0]["role"] == "retrying" }
     })
     .await;
     app.shutdown().await;

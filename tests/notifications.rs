@@ -186,6 +186,17 @@ fn config(sim: &SimOrigin, extra: &str) -> String {
     )
 }
 
+/// Successful calls of the `feed` policy (each post costs a needed-ids and
+/// an enrich call).
+async fn policy_calls(c: &HttpClient, admin: SocketAddr) -> f64 {
+    metric(
+        c,
+        admin,
+        "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}",
+    )
+    .await
+}
+
 async fn notify(c: &HttpClient, admin: SocketAddr, post: Value) -> (StatusCode, Value) {
     let (status, _, body) = send(
         c,
@@ -223,15 +234,7 @@ async fn a_post_is_enriched_once_for_every_subscriber() {
     }
     let author = user_id(3);
     let calls = sim.stats().origin_calls();
-    let policy = |c: HttpClient, admin| async move {
-        metric(
-            &c,
-            admin,
-            "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}",
-        )
-        .await
-    };
-    let before = policy(c.clone(), app.admin_addr()).await;
+    let before = policy_calls(&c, app.admin_addr()).await;
     let sent = Instant::now();
     let id = publish(&c, app.admin_addr(), "p1", &author).await;
     let avatar = sim.profile(&author).unwrap().avatar_url;
@@ -249,7 +252,7 @@ async fn a_post_is_enriched_once_for_every_subscriber() {
     eprintln!("post to 100 subscribers: {:?}", sent.elapsed());
     assert_eq!(sim.stats().origin_calls() - calls, 1, "one profile load");
     assert_eq!(
-        policy(c.clone(), app.admin_addr()).await - before,
+        policy_calls(&c, app.admin_addr()).await - before,
         2.0,
         "one needed-ids and one enrich call"
     );
@@ -572,15 +575,11 @@ async fn an_upstream_event_stream_is_enriched_event_by_event() {
     let sim = sim_origin(50, Duration::ZERO).await;
     let app = start_proxy(&stream_config(&sim, "", "")).await;
     let (c, admin) = (client(), app.admin_addr());
-    let policy_ok = "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}";
     let mut sse = open_post_stream(&sim, app.main_addr()).await;
 
     let mut authors = Vec::new();
     for n in 1..=2u64 {
-        let (calls, policy) = (
-            sim.stats().origin_calls(),
-            metric(&c, admin, policy_ok).await,
-        );
+        let (calls, policy) = (sim.stats().origin_calls(), policy_calls(&c, admin).await);
         let author = sim.push_stream_post();
         let (lines, data) = event_lines(&sse.block().await.expect("an event"));
         assert_eq!(lines, [format!("id: {n}"), "event: post".to_string()]);
@@ -593,7 +592,7 @@ async fn an_upstream_event_stream_is_enriched_event_by_event() {
         );
         assert_eq!(sim.stats().origin_calls() - calls, 1, "one profile load");
         assert_eq!(
-            metric(&c, admin, policy_ok).await - policy,
+            policy_calls(&c, admin).await - policy,
             2.0,
             "one needed-ids and one enrich call"
         );
@@ -711,20 +710,6 @@ async fn malformed_upstream_events_pass_through_as_they_came() {
 // the other instances of the fleet, the demo; and follower lists that
 // follow profile events.
 
-async fn stats(c: &HttpClient, admin: SocketAddr) -> Value {
-    let (_, _, body) = get(c, &format!("http://{admin}/admin/stats")).await;
-    json(&body)
-}
-
-async fn policy_calls(c: &HttpClient, admin: SocketAddr) -> f64 {
-    metric(
-        c,
-        admin,
-        "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}",
-    )
-    .await
-}
-
 /// A document inserted into the watched posts collection, from another
 /// connection, reaches 100 subscribers with the author's current snapshot
 /// (the profile changed, and was purged, after it was cached), for one
@@ -747,7 +732,7 @@ async fn a_post_inserted_into_the_posts_collection_reaches_every_subscriber() {
     wait_until("the posts stream is watched", || {
         let c = c.clone();
         let admin = app.admin_addr();
-        async move { stats(&c, admin).await["change_streams"][0]["role"] == "watching" }
+        async move { admin_stats(&c, admin).await["change_streams"][0]["role"] == "watching" }
     })
     .await;
     let author = user_id(4);
@@ -793,7 +778,7 @@ async fn a_post_inserted_into_the_posts_collection_reaches_every_subscriber() {
         "one needed-ids and one enrich call"
     );
     assert_eq!(
-        stats(&c, app.admin_addr()).await["change_streams"][0]["posts_published"],
+        admin_stats(&c, app.admin_addr()).await["change_streams"][0]["posts_published"],
         1
     );
     app.shutdown().await;
@@ -817,7 +802,7 @@ async fn three_instances_deliver_each_post_once_everywhere() {
             let c = c.clone();
             let admin = app.admin_addr();
             async move {
-                stats(&c, admin).await["notifications"]["fleet"]["connected"] == json!(true)
+                admin_stats(&c, admin).await["notifications"]["fleet"]["connected"] == json!(true)
             }
         })
         .await;
@@ -901,7 +886,7 @@ async fn a_profile_event_forgets_the_authors_follower_list() {
         .await
         .unwrap();
     let loaded = |c: HttpClient, admin| async move {
-        stats(&c, admin).await["notifications"]["follower_lists_loaded"]
+        admin_stats(&c, admin).await["notifications"]["follower_lists_loaded"]
             .as_u64()
             .unwrap()
     };

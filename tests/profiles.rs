@@ -209,11 +209,7 @@ async fn a_dead_redis_costs_milliseconds_and_is_used_again_when_back() {
         slowest < Duration::from_secs(5),
         "a request waited {slowest:?}"
     );
-    let stats = json(
-        &get(&c, &format!("http://{}/admin/stats", a.admin_addr()))
-            .await
-            .2,
-    );
+    let stats = admin_stats(&c, a.admin_addr()).await;
     assert_eq!(stats["tiers"]["redis"]["breaker_open"], true, "{stats}");
 
     redis.restart().await;
@@ -235,11 +231,7 @@ async fn a_dead_redis_costs_milliseconds_and_is_used_again_when_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         i += 1;
     }
-    let stats = json(
-        &get(&c, &format!("http://{}/admin/stats", a.admin_addr()))
-            .await
-            .2,
-    );
+    let stats = admin_stats(&c, a.admin_addr()).await;
     assert_eq!(stats["tiers"]["redis"]["breaker_open"], false, "{stats}");
     a.shutdown().await;
     b.shutdown().await;

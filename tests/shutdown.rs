@@ -149,11 +149,7 @@ async fn no_mongodb_task_outlives_app_shutdown() {
     let c = client();
     wait_until("the stream is watched", || {
         let c = c.clone();
-        async move {
-            let (_, _, body) = get(&c, &format!("http://{admin}/admin/stats")).await;
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["change_streams"][0]["role"]
-                == "watching"
-        }
+        async move { admin_stats(&c, admin).await["change_streams"][0]["role"] == "watching" }
     })
     .await;
     drop(c);

@@ -17,11 +17,6 @@ use support::*;
 
 const TOKEN: &str = "s3cret-token";
 
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
 fn header<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
@@ -40,19 +35,17 @@ async fn post_warm(
     }
     let url = format!("http://{}/admin/warm", app.admin_addr());
     let (status, _, out) = send(c, Method::POST, &url, &headers, body).await;
-    (status, json_of(&out))
+    (status, json(&out))
 }
 
 async fn warm_stats(c: &HttpClient, app: &profile_edge::App) -> Value {
-    let (status, _, body) = get(c, &format!("http://{}/admin/stats", app.admin_addr())).await;
-    assert_eq!(status, StatusCode::OK);
-    json_of(&body)["warm_up"].clone()
+    admin_stats(c, app.admin_addr()).await["warm_up"].clone()
 }
 
 async fn get_profile(c: &HttpClient, app: &profile_edge::App, id: &str) -> http::HeaderMap {
     let (status, h, body) = get(c, &format!("http://{}/api/users/{id}", app.main_addr())).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(json_of(&body)["id"], id);
+    assert_eq!(json(&body)["id"], id);
     h
 }
 
@@ -374,7 +367,7 @@ async fn a_reload_turns_the_warm_up_on_changes_it_and_turns_it_off() {
             std::fs::write(&path, text).unwrap();
             let (status, _, body) = send(&c, Method::POST, &reload, &[], "").await;
             assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-            assert_eq!(json_of(&body)["status"], "reloaded");
+            assert_eq!(json(&body)["status"], "reloaded");
         }
     };
     let batch = |ids: Vec<String>| {

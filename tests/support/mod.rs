@@ -313,6 +313,13 @@ pub async fn purge(client: &HttpClient, admin: SocketAddr, id: &str) {
     );
 }
 
+/// `GET /admin/stats` as JSON; fails unless it answers 200.
+pub async fn admin_stats(client: &HttpClient, admin: SocketAddr) -> serde_json::Value {
+    let (status, _, body) = get(client, &format!("http://{admin}/admin/stats")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    json(&body)
+}
+
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
