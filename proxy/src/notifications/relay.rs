@@ -74,6 +74,16 @@ struct Stats {
     last_error: Mutex<Option<String>>,
 }
 
+impl Stats {
+    fn last_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_error(&self, why: String) {
+        *self.last_error() = Some(why);
+    }
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -183,7 +193,7 @@ impl Relay {
             "own": s.own.load(Ordering::Relaxed),
             "malformed": s.malformed.load(Ordering::Relaxed),
             "last_received_ms_ago": (last > 0).then(|| now_ms().saturating_sub(last)),
-            "last_error": s.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            "last_error": s.last_error().clone(),
         })
     }
 }
@@ -243,11 +253,7 @@ impl Writer {
                             "notification relay cannot write; posts are kept and retried");
                         failing = true;
                     }
-                    *self
-                        .stats
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    self.stats.set_error(e);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = drain.wait() => {}
@@ -351,11 +357,7 @@ impl Reader {
                             "notification relay cannot read; posts of other instances wait until it reconnects");
                         warned = true;
                     }
-                    *self
-                        .stats
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    self.stats.set_error(why);
                 }
             }
             tokio::select! {

@@ -37,16 +37,11 @@ pub async fn handle(
         .notifications
         .live()
         .ok_or_else(|| ProxyError::NotFound("[notifications] is not configured".into()))?;
-    let user = match query_user(req.uri().query()) {
-        None => None,
-        Some(id) => {
-            state
-                .profiles
-                .check_id("userId", &id)
-                .map_err(crate::routes::profile::id_error)?;
-            Some(id)
-        }
-    };
+    let user = query_user(req.uri().query())
+        .map(|raw| state.profiles.check_path_id("userId", raw))
+        .transpose()
+        .map_err(crate::routes::profile::id_error)?
+        .map(|id| id.into_owned());
     if live.hub.receivers() >= live.cfg.max_streams {
         return Err(ProxyError::Unavailable(format!(
             "notifications.max_streams ({}) streams are open; try again later",
@@ -86,15 +81,12 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// `userId` of the query, percent-decoded; `Some("")` when present but empty.
-fn query_user(query: Option<&str>) -> Option<String> {
+/// `userId` of the query as sent, for `Profiles::check_path_id` to decode
+/// and check like an id in a path; `Some("")` when present but empty.
+fn query_user(query: Option<&str>) -> Option<&str> {
     query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == "userId").then(|| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (k == "userId").then_some(v)
     })
 }
 
@@ -224,15 +216,19 @@ impl Drop for Subscriber {
 
 #[cfg(test)]
 mod tests {
+    use regex::Regex;
+
     use super::query_user;
+    use crate::lookup::IdRules;
 
     #[test]
     fn user_id_is_read_from_the_query() {
-        assert_eq!(
-            query_user(Some("userId=ab%2D1&x=2")).as_deref(),
-            Some("ab-1")
-        );
-        assert_eq!(query_user(Some("x=2&userId=")).as_deref(), Some(""));
+        let ids = IdRules::new(Regex::new("^[a-z0-9-]{1,8}$").expect("regex"), 10);
+        let checked =
+            |q| query_user(q).map(|raw| ids.check_path("userId", raw).map(|id| id.into_owned()));
+        assert!(matches!(checked(Some("userId=ab%2D1&x=2")), Some(Ok(id)) if id == "ab-1"));
+        assert_eq!(query_user(Some("x=2&userId=")), Some(""));
+        assert!(matches!(checked(Some("x=2&userId=")), Some(Err(_))));
         assert_eq!(query_user(Some("x=2")), None);
         assert_eq!(query_user(None), None);
     }
