@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::plugins::unknown_plugin;
 use super::{Config, Problem};
 use crate::units::Dur;
 
@@ -88,11 +89,8 @@ impl NotificationsConfig {
             ));
         }
         if let Some(p) = &self.plugin {
-            if !cfg.plugins.contains_key(p) {
-                out.push(Problem::new(
-                    "notifications.plugin",
-                    format!("{p:?} is not a [plugins.NAME] section"),
-                ));
+            if let Some(unknown) = unknown_plugin(cfg, "notifications.plugin".into(), p) {
+                out.push(unknown);
             } else if cfg.invalidation.as_ref().is_some_and(|i| i.plugin == *p) {
                 out.push(Problem::new(
                     "notifications.plugin",

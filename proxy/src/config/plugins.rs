@@ -162,12 +162,7 @@ impl EnrichRoute {
                 format!("names no [upstreams.{}] table", self.upstream),
             ));
         }
-        if !config.plugins.contains_key(&self.plugin) {
-            out.push(Problem::new(
-                key("plugin"),
-                format!("names no [plugins.{}] table", self.plugin),
-            ));
-        }
+        out.extend(unknown_plugin(config, key("plugin"), &self.plugin));
         out
     }
 
@@ -200,14 +195,20 @@ impl InvalidationConfig {
                 ),
             ));
         }
-        if !config.plugins.contains_key(&self.plugin) {
-            out.push(Problem::new(
-                "invalidation.plugin",
-                format!("names no [plugins.{}] table", self.plugin),
-            ));
-        }
+        out.extend(unknown_plugin(
+            config,
+            "invalidation.plugin".into(),
+            &self.plugin,
+        ));
         out
     }
+}
+
+/// The problem with a key (`key`) naming a policy that has no
+/// `[plugins.NAME]` table, if it has none.
+pub fn unknown_plugin(config: &Config, key: String, name: &str) -> Option<Problem> {
+    (!config.plugins.contains_key(name))
+        .then(|| Problem::new(key, format!("names no [plugins.{name}] table")))
 }
 
 #[cfg(test)]
