@@ -186,20 +186,31 @@ fn an_enrichment_policy_from_an_empty_folder_to_a_run_on_a_feed() {
     assert_eq!(v["world"], "enrich-policy");
     assert_eq!(v["ok"], true);
     assert_eq!(v["ids"], json!([user(1), user(2)]));
-    let outcomes: Vec<&Value> = v["calls"].as_array().unwrap().iter().map(|c| &c["outcome"]).collect();
+    let outcomes: Vec<&Value> = v["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["outcome"])
+        .collect();
     assert_eq!(outcomes, [&json!("ok"), &json!("ok")], "{v}");
-    let posts = v["output"]["posts"].as_array().expect("posts in the output");
+    let posts = v["output"]["posts"]
+        .as_array()
+        .expect("posts in the output");
     assert_eq!(posts[0]["userSnapshot"]["displayName"], "Ada");
     assert_eq!(posts[0]["userSnapshot"]["id"], user(1));
     assert_eq!(posts[0]["text"], "hello", "the rest of the post is kept");
     assert_eq!(posts[1]["userSnapshot"], Value::Null, "unknown author");
-    assert_eq!(posts[2]["userSnapshot"]["avatarUrl"], "https://cdn.example.com/a.png");
+    assert_eq!(
+        posts[2]["userSnapshot"]["avatarUrl"],
+        "https://cdn.example.com/a.png"
+    );
     // The policy logged through host::log, in the enrich call.
     let enrich_logs = v["calls"][1]["logs"].as_array().unwrap();
     assert!(
-        enrich_logs
-            .iter()
-            .any(|l| l["message"].as_str().unwrap().contains("1 post(s) by unknown authors")),
+        enrich_logs.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 post(s) by unknown authors")),
         "{v}"
     );
 
@@ -207,16 +218,37 @@ fn an_enrichment_policy_from_an_empty_folder_to_a_run_on_a_feed() {
     let (_, v) = run_json(
         cwd,
         &wasm,
-        &["--body", "feed.json", "--plugin-config", r#"{"target":"author"}"#],
+        &[
+            "--body",
+            "feed.json",
+            "--plugin-config",
+            r#"{"target":"author"}"#,
+        ],
     );
     assert_eq!(v["ok"], true, "{v}");
     let post = &v["output"]["posts"][0];
     assert!(post.get("userSnapshot").is_none(), "{v}");
-    assert!(post["author"]["displayName"].is_string(), "sample profile: {v}");
+    assert!(
+        post["author"]["displayName"].is_string(),
+        "sample profile: {v}"
+    );
 
     // The text report, on the built-in sample.
-    let report = ok(&edge(cwd, &["plugin", "run", wasm.to_str().unwrap(), "--deadline", "1s"]), "plugin run");
-    for want in ["enrich-policy", "the built-in sample feed", "needed-ids: ok", "enrich: ok", "\"userSnapshot\"", "result: ok"] {
+    let report = ok(
+        &edge(
+            cwd,
+            &["plugin", "run", wasm.to_str().unwrap(), "--deadline", "1s"],
+        ),
+        "plugin run",
+    );
+    for want in [
+        "enrich-policy",
+        "the built-in sample feed",
+        "needed-ids: ok",
+        "enrich: ok",
+        "\"userSnapshot\"",
+        "result: ok",
+    ] {
         assert!(report.contains(want), "{want:?} in:\n{report}");
     }
 }
@@ -227,7 +259,10 @@ fn an_invalidation_policy_from_an_empty_folder_to_a_run_on_an_event() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tmp.path();
     ok(
-        &edge(cwd, &["plugin", "new", "my-events", "--world", "invalidate"]),
+        &edge(
+            cwd,
+            &["plugin", "new", "my-events", "--world", "invalidate"],
+        ),
         "plugin new",
     );
     let krate = cwd.join("my-events");
@@ -251,18 +286,38 @@ fn an_invalidation_policy_from_an_empty_folder_to_a_run_on_an_event() {
     assert_eq!(v["calls"][0]["outcome"], "ok");
 
     // An event it ignores is logged, with no actions.
-    std::fs::write(cwd.join("other.json"), r#"{"type":"user-followed","userId":"x"}"#).unwrap();
+    std::fs::write(
+        cwd.join("other.json"),
+        r#"{"type":"user-followed","userId":"x"}"#,
+    )
+    .unwrap();
     let (_, v) = run_json(cwd, &wasm, &["--event", "other.json"]);
     assert_eq!(v["actions"], json!([]));
     let logs = v["calls"][0]["logs"].as_array().unwrap();
-    assert!(logs.iter().any(|l| l["message"].as_str().unwrap().contains("user-followed")), "{v}");
+    assert!(
+        logs.iter()
+            .any(|l| l["message"].as_str().unwrap().contains("user-followed")),
+        "{v}"
+    );
 
     // An enrichment input for an invalidation policy is refused, not ignored.
     let e = refused(
-        &edge(cwd, &["plugin", "run", wasm.to_str().unwrap(), "--body", "event.json"]),
+        &edge(
+            cwd,
+            &[
+                "plugin",
+                "run",
+                wasm.to_str().unwrap(),
+                "--body",
+                "event.json",
+            ],
+        ),
         "--body to an invalidation policy",
     );
-    assert!(e.contains("--body") && e.contains("invalidate-policy"), "{e}");
+    assert!(
+        e.contains("--body") && e.contains("invalidate-policy"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -271,7 +326,11 @@ fn a_policy_made_inside_a_plugins_workspace_builds_as_a_member() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = tmp.path().join("plugins");
     std::fs::create_dir_all(ws.join("wit")).unwrap();
-    std::fs::copy(repo_root().join("plugins/wit/policy.wit"), ws.join("wit/policy.wit")).unwrap();
+    std::fs::copy(
+        repo_root().join("plugins/wit/policy.wit"),
+        ws.join("wit/policy.wit"),
+    )
+    .unwrap();
     // Shaped like this repository's plugins/Cargo.toml.
     std::fs::write(
         ws.join("Cargo.toml"),
@@ -282,14 +341,22 @@ fn a_policy_made_inside_a_plugins_workspace_builds_as_a_member() {
     )
     .unwrap();
     let made = ok(
-        &edge(tmp.path(), &["plugin", "new", "ws-feed", "--world", "enrich", "--dir", "plugins"]),
+        &edge(
+            tmp.path(),
+            &[
+                "plugin", "new", "ws-feed", "--world", "enrich", "--dir", "plugins",
+            ],
+        ),
         "plugin new in a workspace",
     );
     assert!(!made.contains("note:"), "members covers it: {made}");
     let krate = ws.join("ws-feed");
     let manifest = std::fs::read_to_string(krate.join("Cargo.toml")).unwrap();
     assert!(manifest.contains("version.workspace = true"), "{manifest}");
-    assert!(manifest.contains("wit-bindgen.workspace = true"), "{manifest}");
+    assert!(
+        manifest.contains("wit-bindgen.workspace = true"),
+        "{manifest}"
+    );
     assert!(!manifest.contains("[workspace]"), "{manifest}");
     assert!(!krate.join("wit").exists(), "binds to the workspace's wit/");
     let lib = std::fs::read_to_string(krate.join("src/lib.rs")).unwrap();
@@ -299,7 +366,10 @@ fn a_policy_made_inside_a_plugins_workspace_builds_as_a_member() {
     let wasm = build(tmp.path(), "plugins", "ws_feed.wasm");
     let (out, v) = run_json(tmp.path(), &wasm, &[]);
     assert!(out.status.success(), "{v}");
-    assert!(v["output"]["posts"][0]["userSnapshot"]["displayName"].is_string(), "{v}");
+    assert!(
+        v["output"]["posts"][0]["userSnapshot"]["displayName"].is_string(),
+        "{v}"
+    );
 }
 
 #[test]
@@ -318,8 +388,14 @@ fn plugin_new_refuses_bad_names_and_folders_in_use() {
         "a non-empty folder",
     );
     assert!(e.contains("already exists and is not empty"), "{e}");
-    assert_eq!(std::fs::read_to_string(cwd.join("taken/notes.txt")).unwrap(), "mine");
-    let e = refused(&edge(cwd, &["plugin", "build", "nowhere"]), "build without a crate");
+    assert_eq!(
+        std::fs::read_to_string(cwd.join("taken/notes.txt")).unwrap(),
+        "mine"
+    );
+    let e = refused(
+        &edge(cwd, &["plugin", "build", "nowhere"]),
+        "build without a crate",
+    );
     assert!(e.contains("no Cargo.toml"), "{e}");
 }
 
@@ -335,7 +411,10 @@ fn plugin_run_on_a_shipped_policy_uses_the_built_in_samples() {
     }
     let (out, v) = run_json(tmp.path(), &dist("invalidate_profile.wasm"), &[]);
     assert!(out.status.success(), "{v}");
-    assert_eq!(v["actions"][0]["action"], "refresh", "sample profile-updated: {v}");
+    assert_eq!(
+        v["actions"][0]["action"], "refresh",
+        "sample profile-updated: {v}"
+    );
 }
 
 #[test]
@@ -349,11 +428,17 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
     };
 
     let e = refused(&run(&["missing.wasm"]), "a missing file");
-    assert!(e.contains("missing.wasm") && e.contains("No such file"), "{e}");
+    assert!(
+        e.contains("missing.wasm") && e.contains("No such file"),
+        "{e}"
+    );
 
     std::fs::write(cwd.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let e = refused(&run(&["core.wasm"]), "a core module");
-    assert!(e.contains("core WebAssembly module, not a component"), "{e}");
+    assert!(
+        e.contains("core WebAssembly module, not a component"),
+        "{e}"
+    );
 
     let invalidate = dist("invalidate_profile.wasm");
     let e = refused(
@@ -363,17 +448,38 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
     assert!(e.contains("does not implement world enrich-policy"), "{e}");
 
     let other_version = dist("testing/wrong_version.wasm");
-    let e = refused(&run(&[other_version.to_str().unwrap()]), "another WIT version");
-    assert!(e.contains("implements neither enrich-policy nor invalidate-policy"), "{e}");
+    let e = refused(
+        &run(&[other_version.to_str().unwrap()]),
+        "another WIT version",
+    );
+    assert!(
+        e.contains("implements neither enrich-policy nor invalidate-policy"),
+        "{e}"
+    );
 
     let enrich = dist("enrich_posts.wasm");
-    let e = refused(&run(&[enrich.to_str().unwrap(), "--deadline", "2s"]), "deadline");
+    let e = refused(
+        &run(&[enrich.to_str().unwrap(), "--deadline", "2s"]),
+        "deadline",
+    );
     assert_eq!(e, "profile-edge plugin: --deadline: must be at most 1s");
-    let e = refused(&run(&[enrich.to_str().unwrap(), "--memory-limit", "1KiB"]), "memory");
-    assert!(e.starts_with("profile-edge plugin: --memory-limit: must be at least 64KiB"), "{e}");
-    let e = refused(&run(&[enrich.to_str().unwrap(), "--plugin-config", "[1]"]), "config");
+    let e = refused(
+        &run(&[enrich.to_str().unwrap(), "--memory-limit", "1KiB"]),
+        "memory",
+    );
+    assert!(
+        e.starts_with("profile-edge plugin: --memory-limit: must be at least 64KiB"),
+        "{e}"
+    );
+    let e = refused(
+        &run(&[enrich.to_str().unwrap(), "--plugin-config", "[1]"]),
+        "config",
+    );
     assert!(e.contains("--plugin-config: must be a JSON object"), "{e}");
-    let e = refused(&run(&[enrich.to_str().unwrap(), "--event", "x.json"]), "event");
+    let e = refused(
+        &run(&[enrich.to_str().unwrap(), "--event", "x.json"]),
+        "event",
+    );
     assert!(e.contains("--event") && e.contains("enrich-policy"), "{e}");
 }
 
@@ -381,11 +487,19 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
 fn plugin_run_reports_a_trap_and_exits_1() {
     let tmp = tempfile::tempdir().unwrap();
     let hostile = dist("testing/hostile_enrich.wasm");
-    let (out, v) = run_json(tmp.path(), &hostile, &["--plugin-config", r#"{"mode":"trap"}"#]);
+    let (out, v) = run_json(
+        tmp.path(),
+        &hostile,
+        &["--plugin-config", r#"{"mode":"trap"}"#],
+    );
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["ok"], false);
     let calls = v["calls"].as_array().unwrap();
-    assert_eq!(calls.len(), 1, "enrich is not called after needed-ids failed: {v}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "enrich is not called after needed-ids failed: {v}"
+    );
     assert_eq!(calls[0]["outcome"], "trap");
     let reason = calls[0]["error"].as_str().unwrap();
     assert!(!reason.contains('\n'), "one line: {reason}");
@@ -393,7 +507,15 @@ fn plugin_run_reports_a_trap_and_exits_1() {
     // The text report says the same, on one line per call.
     let out = edge(
         tmp.path(),
-        &["plugin", "run", hostile.to_str().unwrap(), "--plugin-config", r#"{"mode":"trap"}"#, "--deadline", "1s"],
+        &[
+            "plugin",
+            "run",
+            hostile.to_str().unwrap(),
+            "--plugin-config",
+            r#"{"mode":"trap"}"#,
+            "--deadline",
+            "1s",
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     let report = text(&out.stdout);

@@ -102,9 +102,17 @@ pub fn read_profiles(path: &Path) -> Result<Vec<Profile>, CliError> {
         Value::Array(list) => list,
         Value::Object(o) => match o.get("users") {
             Some(Value::Array(list)) => list,
-            _ => return Err(bad("expected a JSON array of profiles or {\"users\": [...]}".into())),
+            _ => {
+                return Err(bad(
+                    "expected a JSON array of profiles or {\"users\": [...]}".into(),
+                ))
+            }
         },
-        _ => return Err(bad("expected a JSON array of profiles or {\"users\": [...]}".into())),
+        _ => {
+            return Err(bad(
+                "expected a JSON array of profiles or {\"users\": [...]}".into(),
+            ))
+        }
     };
     list.iter()
         .enumerate()
@@ -124,7 +132,10 @@ pub fn read_config(arg: Option<&str>) -> Result<String, CliError> {
         return Ok("{}".into());
     };
     let (text, from) = match arg.strip_prefix('@') {
-        Some(file) => (read_text("plugin-config", Path::new(file))?, format!(" {file}")),
+        Some(file) => (
+            read_text("plugin-config", Path::new(file))?,
+            format!(" {file}"),
+        ),
         None => (arg.to_string(), String::new()),
     };
     match serde_json::from_str::<Value>(&text) {
@@ -132,7 +143,9 @@ pub fn read_config(arg: Option<&str>) -> Result<String, CliError> {
         Ok(_) => Err(CliError::Usage(format!(
             "--plugin-config{from}: must be a JSON object, like a [plugins.NAME] config table"
         ))),
-        Err(e) => Err(CliError::Usage(format!("--plugin-config{from}: not JSON: {e}"))),
+        Err(e) => Err(CliError::Usage(format!(
+            "--plugin-config{from}: not JSON: {e}"
+        ))),
     }
 }
 
@@ -148,7 +161,10 @@ mod tests {
             r#"{"mode":"trap"}"#
         );
         let e = read_config(Some("[1]")).unwrap_err().to_string();
-        assert!(e.starts_with("--plugin-config: must be a JSON object"), "{e}");
+        assert!(
+            e.starts_with("--plugin-config: must be a JSON object"),
+            "{e}"
+        );
         let e = read_config(Some("{mode")).unwrap_err().to_string();
         assert!(e.starts_with("--plugin-config: not JSON"), "{e}");
     }

@@ -83,7 +83,14 @@ pub fn run(name: &str, world: World, parent: &Path) -> Result<Created, CliError>
     let fill = |text: &str| {
         text.replace("{{name}}", name)
             .replace("{{wit_path}}", wit_path)
-            .replace("{{wit_dir}}", if workspace.is_some() { "../wit/" } else { "wit/" })
+            .replace(
+                "{{wit_dir}}",
+                if workspace.is_some() {
+                    "../wit/"
+                } else {
+                    "wit/"
+                },
+            )
             .replace("{{world}}", world_key)
             .replace("{{world_title}}", world_title)
             .replace("{{used_from}}", used_from)

@@ -85,7 +85,14 @@ pub fn print_text(r: &Report) {
             println!("body: {body_from}");
             print_call(call("needed-ids"));
             if let Some(ids) = ids {
-                println!("  ids: {}", if ids.is_empty() { "(none)".to_string() } else { ids.join(", ") });
+                println!(
+                    "  ids: {}",
+                    if ids.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        ids.join(", ")
+                    }
+                );
             }
             if let Some(from) = profiles_from {
                 println!("profiles: {from}");
@@ -110,7 +117,10 @@ pub fn print_text(r: &Report) {
             }
             print_call(call("on-event"));
             if let Some(actions) = actions {
-                println!("actions:{}", if actions.is_empty() { " (none)" } else { "" });
+                println!(
+                    "actions:{}",
+                    if actions.is_empty() { " (none)" } else { "" }
+                );
                 for a in actions {
                     let (kind, id) = action_parts(a);
                     println!("  {kind} {id}");
@@ -228,5 +238,8 @@ pub fn created(c: &Created, world: World) {
     println!("  (cd {dir} && cargo test)");
     println!("  profile-edge plugin build {dir}");
     println!("  profile-edge plugin run <printed .wasm> {input}");
-    println!("the component is {} in the build's target directory", c.wasm);
+    println!(
+        "the component is {} in the build's target directory",
+        c.wasm
+    );
 }

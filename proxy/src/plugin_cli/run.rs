@@ -98,14 +98,13 @@ fn load(
     }
     match load_standalone(&args.file, World::Enrich, limits.clone(), ctx.clone()) {
         Err(PluginError::WrongWorld { reason, .. }) => {
-            load_standalone(&args.file, World::Invalidate, limits, ctx.clone()).map_err(|e| {
-                match e {
-                    PluginError::WrongWorld { .. } => CliError::Usage(format!(
-                        "{file}: implements neither enrich-policy nor invalidate-policy of \
+            load_standalone(&args.file, World::Invalidate, limits, ctx.clone()).map_err(|e| match e
+            {
+                PluginError::WrongWorld { .. } => CliError::Usage(format!(
+                    "{file}: implements neither enrich-policy nor invalidate-policy of \
                          profile-edge:policy@0.1.0 (built for another WIT version?): {reason}"
-                    )),
-                    e => fail(e),
-                }
+                )),
+                e => fail(e),
             })
         }
         r => r.map_err(fail),
@@ -123,7 +122,11 @@ fn check_flags(args: &RunArgs, world: World) -> Result<(), CliError> {
         World::Invalidate if args.body.is_some() || args.profiles.is_some() => {
             Err(CliError::Usage(format!(
                 "--{}: {file} is an invalidate-policy; give it an event with --event",
-                if args.body.is_some() { "body" } else { "profiles" }
+                if args.body.is_some() {
+                    "body"
+                } else {
+                    "profiles"
+                }
             )))
         }
         _ => Ok(()),
@@ -159,12 +162,8 @@ fn enrich(
     plugin: &LoadedPlugin,
     ctx: &PluginContext,
 ) -> Result<(Run, Vec<CallReport>), CliError> {
-    let body: Input = inputs::read_input(
-        "body",
-        args.body.as_deref(),
-        inputs::sample_feed,
-        "feed",
-    )?;
+    let body: Input =
+        inputs::read_input("body", args.body.as_deref(), inputs::sample_feed, "feed")?;
     let known: Option<Vec<Profile>> = args
         .profiles
         .as_deref()

@@ -102,7 +102,10 @@ impl Guest for Policy {
             post.insert(target.clone(), snap.unwrap_or(Value::Null));
         }
         if unknown > 0 {
-            host::log(Level::Info, &format!("{unknown} post(s) by unknown authors"));
+            host::log(
+                Level::Info,
+                &format!("{unknown} post(s) by unknown authors"),
+            );
         }
         serde_json::to_string(&doc).map_err(|e| e.to_string())
     }
