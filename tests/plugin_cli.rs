@@ -10,8 +10,9 @@
 //! are quick; they take turns (`BUILDS`) instead of waiting on cargo's lock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
@@ -397,6 +398,38 @@ fn plugin_new_refuses_bad_names_and_folders_in_use() {
         "build without a crate",
     );
     assert!(e.contains("no Cargo.toml"), "{e}");
+
+    // A workspace that lists its members by name: the crate is made, and
+    // the user is told to list it.
+    let ws = cwd.join("listed");
+    std::fs::create_dir_all(ws.join("wit")).unwrap();
+    std::fs::copy(
+        repo_root().join("plugins/wit/policy.wit"),
+        ws.join("wit/policy.wit"),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"old-one\"]\n",
+    )
+    .unwrap();
+    let made = ok(
+        &edge(
+            cwd,
+            &[
+                "plugin", "new", "new-one", "--world", "enrich", "--dir", "listed",
+            ],
+        ),
+        "plugin new in a listed workspace",
+    );
+    assert!(
+        made.contains("note: add \"new-one\" to `members`"),
+        "{made}"
+    );
+    let manifest = std::fs::read_to_string(ws.join("new-one/Cargo.toml")).unwrap();
+    // Nothing to inherit there: the keys are its own.
+    assert!(manifest.contains("version = \"0.1.0\""), "{manifest}");
+    assert!(manifest.contains("wit-bindgen = \"0.57\""), "{manifest}");
 }
 
 #[test]
@@ -409,6 +442,31 @@ fn plugin_run_on_a_shipped_policy_uses_the_built_in_samples() {
     for post in v["output"]["posts"].as_array().unwrap() {
         assert!(post["userSnapshot"]["displayName"].is_string(), "{v}");
     }
+    // The body from stdin.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_profile-edge"))
+        .args(["plugin", "run", "--json", "--deadline", "1s", "--body", "-"])
+        .arg(dist("enrich_posts.wasm"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body = json!({"id": "p9", "userId": user(9)}).to_string();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["body"], "stdin", "{v}");
+    assert_eq!(
+        v["output"]["userSnapshot"]["id"],
+        user(9),
+        "a single post: {v}"
+    );
+
     let (out, v) = run_json(tmp.path(), &dist("invalidate_profile.wasm"), &[]);
     assert!(out.status.success(), "{v}");
     assert_eq!(

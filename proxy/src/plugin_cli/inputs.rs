@@ -155,32 +155,32 @@ mod tests {
 
     #[test]
     fn config_must_be_a_json_object() {
-        assert_eq!(read_config(None).unwrap(), "{}");
+        assert_eq!(read_config(None).expect("ok"), "{}");
         assert_eq!(
-            read_config(Some(r#"{"mode": "trap"}"#)).unwrap(),
+            read_config(Some(r#"{"mode": "trap"}"#)).expect("ok"),
             r#"{"mode":"trap"}"#
         );
-        let e = read_config(Some("[1]")).unwrap_err().to_string();
+        let e = read_config(Some("[1]")).expect_err("refused").to_string();
         assert!(
             e.starts_with("--plugin-config: must be a JSON object"),
             "{e}"
         );
-        let e = read_config(Some("{mode")).unwrap_err().to_string();
+        let e = read_config(Some("{mode")).expect_err("refused").to_string();
         assert!(e.starts_with("--plugin-config: not JSON"), "{e}");
     }
 
     #[test]
     fn profiles_come_as_a_list_or_as_the_officers_batch_answer() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("ok");
         let list = dir.path().join("list.json");
-        std::fs::write(&list, r#"[{"id":"a","displayName":"A"}]"#).unwrap();
+        std::fs::write(&list, r#"[{"id":"a","displayName":"A"}]"#).expect("ok");
         let users = dir.path().join("users.json");
-        std::fs::write(&users, r#"{"users":[{"id":"b"}]}"#).unwrap();
+        std::fs::write(&users, r#"{"users":[{"id":"b"}]}"#).expect("ok");
         let bad = dir.path().join("bad.json");
-        std::fs::write(&bad, r#"[{"name":"no id"}]"#).unwrap();
-        assert_eq!(read_profiles(&list).unwrap()[0].id, "a");
-        assert_eq!(read_profiles(&users).unwrap()[0].id, "b");
-        let e = read_profiles(&bad).unwrap_err().to_string();
+        std::fs::write(&bad, r#"[{"name":"no id"}]"#).expect("ok");
+        assert_eq!(read_profiles(&list).expect("ok")[0].id, "a");
+        assert_eq!(read_profiles(&users).expect("ok")[0].id, "b");
+        let e = read_profiles(&bad).expect_err("refused").to_string();
         assert!(e.contains("profile #0 has no string \"id\""), "{e}");
     }
 }
