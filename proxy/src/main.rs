@@ -68,21 +68,45 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     let file = path.display().to_string();
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("{e}");
+            let where_ = profile_edge::config::resolved(path);
+            eprintln!("{file}: (file): cannot read {where_}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut failed = false;
-    if let Err(e) = profile_edge::state::Runtime::build(config.clone(), &file) {
-        eprintln!("{e}");
-        failed = true;
+    // Every problem in one run: parse and validation problems first, then
+    // every plugin whose own section is sound, even when other sections are
+    // not, so that one run shows all there is to fix.
+    let diagnosis = Config::diagnose(&text, &file);
+    let mut failed = !diagnosis.problems.is_empty();
+    for p in &diagnosis.problems {
+        eprintln!("{file}: {}: {}", p.key, p.reason);
+    }
+    let Some(config) = diagnosis.config else {
+        return ExitCode::FAILURE;
+    };
+    // What the config names beyond the file (TLS, CA bundles, clients) is
+    // built only from a valid config: it would repeat the problems above.
+    if !failed {
+        if let Err(e) = profile_edge::state::Runtime::build(config.clone(), &file) {
+            eprintln!("{e}");
+            failed = true;
+        }
     }
     // Every plugin goes through what a load does: compile, type-check
     // against its world, smoke test.
     for (name, plugin) in &config.plugins {
+        let section = format!("plugins.{name}");
+        let reported = diagnosis.problems.iter().any(|p| {
+            p.key
+                .strip_prefix(&section)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        });
+        if reported {
+            continue;
+        }
         match profile_edge::plugin::registry::check_plugin(&config, name, plugin) {
             Ok(world) => println!("{file}: plugins.{name}: ok ({})", world.as_str()),
             Err(reason) => {

@@ -103,13 +103,13 @@ impl PluginRuntime {
         let component = self.compile(bytes, &sha)?;
         let mut linker = self.linker.clone();
         self.define_hash_seed(&mut linker, &component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
+            .map_err(|e| PluginError::Link(one_line(&format!("{e:#}"))))?;
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
+            .map_err(|e| PluginError::Link(one_line(&format!("{e:#}"))))?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
+            .map_err(|e| PluginError::Link(one_line(&format!("{e:#}"))))?;
         let prepared = match world {
             World::Enrich => EnrichPolicyPre::new(pre).map(Prepared::Enrich),
             World::Invalidate => InvalidatePolicyPre::new(pre).map(Prepared::Invalidate),
@@ -153,8 +153,14 @@ impl PluginRuntime {
         if wasmparser_is_core_module(bytes) {
             return Err(PluginError::CoreModule);
         }
+        if !bytes.starts_with(b"\0asm") {
+            // wasmtime would say so over a dozen lines of hex bytes.
+            return Err(PluginError::NotAComponent(
+                "not a WebAssembly file (does not start with \\0asm)".into(),
+            ));
+        }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
+            .map_err(|e| PluginError::NotAComponent(one_line(&format!("{e:#}"))))?;
         if let Ok(mut m) = self.compiled.lock() {
             m.insert(sha.to_string(), component.clone());
         }
@@ -217,6 +223,18 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// The first line of a wasmtime message, which can go on to dump bytes
+/// ("bad magic number - expected=[\n 0x0, ..."): a load error is one line
+/// in a log, `check` and `/admin/plugins`.
+fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim_end();
+    let first = match first.rfind(" - ") {
+        Some(i) if first.ends_with(['[', '{', '(']) => &first[..i],
+        _ => first,
+    };
+    first.trim_end_matches([':', ' ']).to_string()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -227,4 +245,21 @@ pub fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn load_errors_keep_their_first_useful_line() {
+        assert_eq!(
+            one_line("failed to parse WebAssembly module: magic header not detected: bad magic number - expected=[\n    0x0,\n    0x61,\n]"),
+            "failed to parse WebAssembly module: magic header not detected: bad magic number"
+        );
+        assert_eq!(
+            one_line("unexpected end-of-file (at offset 0x8)"),
+            "unexpected end-of-file (at offset 0x8)"
+        );
+    }
 }

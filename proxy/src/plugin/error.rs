@@ -8,7 +8,7 @@ use super::calls::CallError;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot read {}: {reason}", path.display())]
+    #[error("cannot read {}: {reason}", crate::config::resolved(path))]
     Read { path: PathBuf, reason: String },
     #[error("is a core WebAssembly module, not a component: build for wasm32-wasip2 (see plugins/README.md)")]
     CoreModule,
