@@ -187,7 +187,7 @@ fn garbage_bytes_as_a_plugin_are_one_line() {
     one_problem(
         &run,
         "plugins.junk.path",
-        &["is not a WebAssembly file (does not start with \\0asm)"],
+        &["is not a valid WebAssembly component: not a WebAssembly file (does not start with \\0asm)"],
     );
     // Bytes that start like wasm but break off: still one line.
     std::fs::write(&junk, b"\0asm\x0d\0\x01\0\x01\x02").unwrap();
