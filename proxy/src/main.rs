@@ -110,6 +110,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         match profile_edge::plugin::registry::check_plugin(&config, name, plugin) {
             Ok(world) => println!("{file}: plugins.{name}: ok ({})", world.as_str()),
             Err(reason) => {
+                let reason = profile_edge::config::one_line(&reason.to_string());
                 eprintln!("{file}: plugins.{name}.path: {reason}");
                 failed = true;
             }

@@ -94,7 +94,7 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}: {}", self.file, p.key, p.reason)?;
+            write!(f, "{}: {}: {}", self.file, p.key, one_line(&p.reason))?;
         }
         Ok(())
     }
@@ -152,6 +152,9 @@ impl Config {
                 })
             };
             problems.extend(config.validate().into_iter().filter(|p| !damaged(&p.key)));
+        }
+        for p in &mut problems {
+            p.reason = one_line(&p.reason);
         }
         Diagnosis {
             file: file.to_string(),
@@ -229,6 +232,20 @@ pub fn resolved(path: &Path) -> String {
         ),
         Err(_) => path.display().to_string(),
     }
+}
+
+/// A reason as one line, whatever library wrote it: `check` and the logs
+/// promise one line per problem.
+pub fn one_line(reason: &str) -> String {
+    if !reason.contains('\n') {
+        return reason.to_string();
+    }
+    reason
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Two listen addresses that would collide; port 0 (any free port) never does.
@@ -350,11 +367,23 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_regex_is_one_line_saying_what_is_wrong() {
+        let p = problems(&format!("{MINIMAL}[profiles]\nid_pattern = \"(\"\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].reason, "not a valid regex: unclosed group");
+    }
+
+    #[test]
     fn display_is_one_line_per_problem() {
         let e = ConfigError {
             file: "f.toml".into(),
             problems: vec![Problem::new("a.b", "bad"), Problem::new("c", "worse")],
         };
         assert_eq!(e.to_string(), "f.toml: a.b: bad\nf.toml: c: worse");
+        let wrapped = ConfigError {
+            file: "f.toml".into(),
+            problems: vec![Problem::new("a", "first\n  second\n")],
+        };
+        assert_eq!(wrapped.to_string(), "f.toml: a: first second");
     }
 }
