@@ -14,8 +14,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use serde_json::json;
 
-use super::bindings::{Action, Profile};
-use super::calls::{CallError, Limits, World};
+use super::bindings::{Action, CallInfo, Profile};
+use super::calls::{CallError, Limits, World, SMOKE_PATH};
 use super::engine::{read, PluginRuntime, Prepared};
 use super::error::PluginError;
 use super::host::PluginContext;
@@ -86,6 +86,11 @@ impl LoadedPlugin {
         self.prepared.world()
     }
 
+    /// The `profile-edge:policy` version it was built for.
+    pub fn wit_version(&self) -> &'static str {
+        self.prepared.wit_version()
+    }
+
     fn call<T>(&self, f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> {
         let started = Instant::now();
         let r = f();
@@ -98,28 +103,45 @@ impl LoadedPlugin {
         r
     }
 
-    pub fn needed_ids(&self, body: &str) -> Result<Vec<String>, CallError> {
-        let Prepared::Enrich(pre) = &self.prepared else {
+    /// `needed-ids`; `call` is what the policy is called for.
+    pub fn needed_ids(&self, call: &CallInfo, body: &str) -> Result<Vec<String>, CallError> {
+        if self.world() != World::Enrich {
             return Err(CallError::Error("not an enrichment policy".into()));
-        };
-        self.call(|| self.runtime.needed_ids(pre, &self.ctx, &self.limits, body))
-    }
-
-    pub fn enrich(&self, body: &str, profiles: &[Profile]) -> Result<String, CallError> {
-        let Prepared::Enrich(pre) = &self.prepared else {
-            return Err(CallError::Error("not an enrichment policy".into()));
-        };
+        }
+        let p = &self.prepared;
         self.call(|| {
             self.runtime
-                .enrich(pre, &self.ctx, &self.limits, body, profiles)
+                .needed_ids(p, &self.ctx, &self.limits, call, body)
         })
     }
 
-    pub fn on_event(&self, event: &str) -> Result<Vec<Action>, CallError> {
-        let Prepared::Invalidate(pre) = &self.prepared else {
+    /// `enrich`; `call` is what the policy is called for.
+    pub fn enrich(
+        &self,
+        call: &CallInfo,
+        body: &str,
+        profiles: &[Profile],
+    ) -> Result<String, CallError> {
+        if self.world() != World::Enrich {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        }
+        let p = &self.prepared;
+        self.call(|| {
+            self.runtime
+                .enrich(p, &self.ctx, &self.limits, call, body, profiles)
+        })
+    }
+
+    /// `on-event`; `call` is what the policy is called for.
+    pub fn on_event(&self, call: &CallInfo, event: &str) -> Result<Vec<Action>, CallError> {
+        if self.world() != World::Invalidate {
             return Err(CallError::Error("not an invalidation policy".into()));
-        };
-        self.call(|| self.runtime.on_event(pre, &self.ctx, &self.limits, event))
+        }
+        let p = &self.prepared;
+        self.call(|| {
+            self.runtime
+                .on_event(p, &self.ctx, &self.limits, call, event)
+        })
     }
 
     /// Runs the canned input through the policy; the output must be usable.
@@ -127,7 +149,8 @@ impl LoadedPlugin {
         let fail = PluginError::SmokeTest;
         match self.world() {
             World::Enrich => {
-                let ids = self.needed_ids(SMOKE_BODY).map_err(fail)?;
+                let call = CallInfo::response(SMOKE_PATH, "");
+                let ids = self.needed_ids(&call, SMOKE_BODY).map_err(fail)?;
                 let profiles: Vec<Profile> = ids
                     .iter()
                     .map(|id| Profile {
@@ -136,12 +159,13 @@ impl LoadedPlugin {
                             .to_string(),
                     })
                     .collect();
-                let out = self.enrich(SMOKE_BODY, &profiles).map_err(fail)?;
+                let out = self.enrich(&call, SMOKE_BODY, &profiles).map_err(fail)?;
                 serde_json::from_str::<serde::de::IgnoredAny>(&out)
                     .map_err(|e| PluginError::SmokeOutput(e.to_string()))?;
             }
             World::Invalidate => {
-                self.on_event(SMOKE_EVENT).map_err(fail)?;
+                self.on_event(&CallInfo::event(), SMOKE_EVENT)
+                    .map_err(fail)?;
             }
         }
         Ok(())
@@ -304,7 +328,7 @@ impl Plugins {
     }
 
     fn loaded_ok(&self, p: &LoadedPlugin, counted: bool) {
-        tracing::info!(plugin = %p.name, world = p.world().as_str(), sha256 = %p.sha256,
+        tracing::info!(plugin = %p.name, world = p.world().as_str(), wit_version = p.wit_version(), sha256 = %p.sha256,
             path = %p.path.display(), "plugin loaded");
         if counted {
             self.metrics.reload("plugin", true);
@@ -397,6 +421,7 @@ impl Plugins {
                     "name": name,
                     "path": w.cfg.path.display().to_string(),
                     "world": p.map(|p| p.world().as_str()).or(w.world.map(World::as_str)),
+                    "wit_version": p.map(|p| p.wit_version()),
                     "loaded": p.is_some(),
                     "sha256": p.map(|p| p.sha256.clone()),
                     "loaded_at": p.map(|p| rfc3339(p.loaded_at)),
@@ -478,10 +503,14 @@ fn load_plugin(
     let bytes = read(&cfg.path)?;
     let (prepared, sha256) = match world {
         Some(w) => runtime.prepare(&bytes, w)?,
-        // Not used by any route yet: accept either world.
+        // Not used by any route yet: accept either world (a version this
+        // proxy does not accept is refused as such, whatever the world).
         None => runtime
             .prepare(&bytes, World::Enrich)
-            .or_else(|_| runtime.prepare(&bytes, World::Invalidate))?,
+            .or_else(|e| match e {
+                PluginError::WrongVersion { .. } => Err(e),
+                _ => runtime.prepare(&bytes, World::Invalidate),
+            })?,
     };
     let config_json = serde_json::to_string(&cfg.config).unwrap_or_else(|_| "{}".into());
     let mut plugin = LoadedPlugin {

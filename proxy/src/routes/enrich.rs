@@ -20,7 +20,7 @@ use crate::config::{EnrichRoute, OnError};
 use crate::http::body::{self, Body, BoxError};
 use crate::http::error::ProxyError;
 use crate::http::server::ConnInfo;
-use crate::plugin::bindings::Profile;
+use crate::plugin::bindings::{CallInfo, Profile};
 use crate::plugin::registry::LoadedPlugin;
 use crate::routes::passthrough;
 use crate::state::{Runtime, State};
@@ -39,6 +39,9 @@ pub async fn handle(
         ))
     })?;
     let head = req.method() == Method::HEAD;
+    // What the policy is told about its call (`host.request()`).
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let call = CallInfo::response(path, &route.path_prefix);
     let idle = rt.config.server.body_read_timeout.get();
     let resp = passthrough::forward(req, conn, upstream, &state.metrics, None, idle).await?;
     let limit = route.max_body_size.as_usize();
@@ -46,7 +49,7 @@ pub async fn handle(
         return Ok(resp);
     }
     if sse::is_event_stream(resp.status(), resp.headers()) {
-        return Ok(sse::relay(resp, &route.plugin, limit, state));
+        return Ok(sse::relay(resp, &route.plugin, call, limit, state));
     }
     if !enrichable(resp.status(), resp.headers(), limit) {
         return Ok(resp);
@@ -81,7 +84,7 @@ pub async fn handle(
         .plugins
         .get(&route.plugin)
         .map_or(OnError::Open, |p| p.on_error);
-    match enrich_body(plugin, &route.plugin, &bytes, state).await {
+    match enrich_body(plugin, &route.plugin, &call, &bytes, state).await {
         Ok(new) => {
             // The body changed: validators of the old one must not survive.
             parts.headers.remove(header::ETAG);
@@ -166,17 +169,21 @@ async fn read_up_to(body: Body, limit: usize) -> Read {
 
 /// Runs the policy over a body; any failure is a reason string for the
 /// `on_error` decision (the outcome is already counted by the plugin).
+/// `call` is what the policy is told it is called for.
 pub(crate) async fn enrich_body(
     plugin: Option<Arc<LoadedPlugin>>,
     name: &str,
+    call: &CallInfo,
     bytes: &Bytes,
     state: &State,
 ) -> Result<Bytes, String> {
     let plugin = plugin.ok_or_else(|| format!("policy {name} is not loaded"))?;
     let text = std::str::from_utf8(bytes).map_err(|e| format!("answer is not UTF-8: {e}"))?;
-    let wanted = plugin.needed_ids(text).map_err(|e| e.to_string())?;
+    let wanted = plugin.needed_ids(call, text).map_err(|e| e.to_string())?;
     let profiles = lookup(state, wanted).await;
-    let out = plugin.enrich(text, &profiles).map_err(|e| e.to_string())?;
+    let out = plugin
+        .enrich(call, text, &profiles)
+        .map_err(|e| e.to_string())?;
     serde_json::from_str::<serde::de::IgnoredAny>(&out)
         .map_err(|e| format!("policy {name} returned a body that is not JSON: {e}"))?;
     Ok(Bytes::from(out))
