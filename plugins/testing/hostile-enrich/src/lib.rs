@@ -85,7 +85,8 @@ impl Guest for Policy {
             };
             let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             if let Some(o) = v.as_object_mut() {
-                let info = serde_json::json!({"kind": kind, "path": call.path, "route": call.route});
+                let info =
+                    serde_json::json!({"kind": kind, "path": call.path, "route": call.route});
                 o.insert("callInfo".into(), info);
             }
             return serde_json::to_string(&v).map_err(|e| e.to_string());
