@@ -147,3 +147,60 @@ async fn enriched_and_passed_through_answers_say_so() {
     assert_eq!(feed["last_call_error"], Value::Null);
     app.shutdown().await;
 }
+
+/// `last_error` is about loading: a rejected file sets it (the old version
+/// keeps serving), and the next good load clears it.
+#[tokio::test]
+async fn a_good_load_clears_the_last_load_error() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dist = repo_root().join("plugins/dist");
+    let live = dir.path().join("feed.wasm");
+    // Files are replaced the way the README says: write beside, rename over.
+    let replace = |bytes: &[u8]| {
+        let tmp = dir.path().join(".feed.wasm.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &live).unwrap();
+    };
+    replace(&std::fs::read(dist.join("enrich_posts.wasm")).unwrap());
+    let extra = format!(
+        "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
+         [plugins.feed]\npath = \"{}\"\ndeadline = \"1s\"\n\n\
+         [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
+        sim.posts_url(),
+        live.display()
+    );
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, profile_config(&sim.officer_url(), &extra)).unwrap();
+    let app = start_proxy_from_file(&path).await;
+    let c = client();
+    let reload = format!("http://{}/admin/reload", app.admin_addr());
+    let plugins = format!("http://{}/admin/plugins", app.admin_addr());
+    let feed = |list: &Value| list["plugins"][0].clone();
+
+    let (_, _, body) = get(&c, &plugins).await;
+    let first = feed(&json(&body));
+    assert_eq!(first["last_error"], Value::Null);
+
+    replace(b"not a component");
+    // Rejected whole (the file the config names cannot load)...
+    let (status, _, _) = send(&c, http::Method::POST, &reload, &[], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, _, body) = get(&c, &plugins).await;
+    let rejected = feed(&json(&body));
+    // ...the old version serves, and the error says why, on one line.
+    assert_eq!(rejected["sha256"], first["sha256"]);
+    let error = rejected["last_error"].as_str().expect("last_error set");
+    assert!(!error.contains('\n'), "{error}");
+    assert!(rejected["last_error_at"].is_string());
+
+    replace(&std::fs::read(dist.join("enrich_fields.wasm")).unwrap());
+    let (status, _, _) = send(&c, http::Method::POST, &reload, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, body) = get(&c, &plugins).await;
+    let good = feed(&json(&body));
+    assert_ne!(good["sha256"], first["sha256"], "the new file serves");
+    assert_eq!(good["last_error"], Value::Null, "{good}");
+    assert_eq!(good["last_error_at"], Value::Null, "{good}");
+    app.shutdown().await;
+}
