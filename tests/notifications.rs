@@ -958,10 +958,11 @@ async fn a_profile_event_forgets_the_authors_follower_list() {
 async fn the_demo_streams_new_posts_with_their_snapshots() {
     use profile_edge::demo::{Demo, DemoOptions};
     let demo = Demo::start(&DemoOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
         users: 100,
         latency: Duration::ZERO,
+        ..DemoOptions::default()
     })
     .await
     .unwrap();

@@ -23,6 +23,9 @@ use crate::config::{Config, PluginConfig};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::reload::ConfigDiff;
+use outcomes::Outcomes;
+
+mod outcomes;
 
 /// The canned input of the smoke test. A policy must handle it without
 /// error before it serves.
@@ -46,6 +49,9 @@ pub struct LoadedPlugin {
     runtime: Arc<PluginRuntime>,
     /// Set once the smoke test passed: smoke-test calls are not traffic.
     meters: Option<Meters>,
+    /// What this version did with traffic, for `/admin/plugins` and the
+    /// failure log's rate limit.
+    outcomes: Outcomes,
 }
 
 /// The plugin's metric series, resolved once.
@@ -94,11 +100,17 @@ impl LoadedPlugin {
     fn call<T>(&self, f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> {
         let started = Instant::now();
         let r = f();
-        if let Some(m) = &self.meters {
-            m.record(started, &r);
-        }
-        if let Err(e) = &r {
-            tracing::warn!(plugin = %self.name, outcome = e.outcome(), error = %e, "policy call failed");
+        // Smoke-test calls (before the meters are set) are not traffic: a
+        // failing one is reported by the load that ran it.
+        let Some(m) = &self.meters else {
+            return r;
+        };
+        m.record(started, &r);
+        if let (Some(suppressed), Err(e)) = (self.outcomes.record(&r), &r) {
+            // One line, however the guest's message is shaped.
+            let error = e.to_string().replace(['\n', '\r'], " ");
+            tracing::warn!(plugin = %self.name, outcome = e.outcome(), suppressed, %error,
+                "policy call failed (at most one line per plugin every 10s; `suppressed` counts the failures since the last)");
         }
         r
     }
@@ -333,6 +345,11 @@ impl Plugins {
         if counted {
             self.metrics.reload("plugin", true);
         }
+        // A good load settles the last failed one: the error described a
+        // file that no longer serves.
+        if let Ok(mut st) = self.status.lock() {
+            st.remove(&p.name);
+        }
     }
 
     fn rejected(&self, name: &str, reason: &PluginError, counted: bool) {
@@ -417,6 +434,7 @@ impl Plugins {
             .map(|(name, w)| {
                 let p = loaded.get(name);
                 let st = status.get(name).cloned().unwrap_or_default();
+                let (calls, last_call_error) = p.map(|p| p.outcomes.json()).unzip();
                 json!({
                     "name": name,
                     "path": w.cfg.path.display().to_string(),
@@ -428,6 +446,8 @@ impl Plugins {
                     "last_error": st.last_error,
                     "last_error_at": st.last_error_at.map(rfc3339),
                     "log_lines_dropped": p.map(|p| p.ctx.logs_dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                    "calls": calls,
+                    "last_call_error": last_call_error,
                 })
             })
             .collect();
@@ -529,6 +549,7 @@ fn load_plugin(
         },
         runtime: runtime.clone(),
         meters: None,
+        outcomes: Outcomes::default(),
     };
     plugin.smoke_test()?;
     plugin.limits.deadline = cfg.deadline.get();

@@ -52,7 +52,7 @@ pub async fn handle(
         return Ok(sse::relay(resp, &route.plugin, call, limit, state));
     }
     if !enrichable(resp.status(), resp.headers(), limit) {
-        return Ok(resp);
+        return Ok(marked(resp, Enrichment::Skipped, state));
     }
     let (mut parts, body) = resp.into_parts();
     // The upstream timeout covers the head; reading the body to enrich it
@@ -65,7 +65,10 @@ pub async fn handle(
         })?;
     let bytes = match read {
         Read::Whole(b) => b,
-        Read::TooBig(body) => return Ok(Response::from_parts(parts, body)),
+        Read::TooBig(body) => {
+            let resp = Response::from_parts(parts, body);
+            return Ok(marked(resp, Enrichment::Skipped, state));
+        }
         Read::Failed(e) => {
             return Err(ProxyError::BadGateway {
                 upstream: route.upstream.clone(),
@@ -92,16 +95,57 @@ pub async fn handle(
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
-            Ok(Response::from_parts(parts, body::full(new)))
+            let resp = Response::from_parts(parts, body::full(new));
+            Ok(marked(resp, Enrichment::Ok, state))
         }
-        Err(reason) => match on_error {
-            OnError::Open => Ok(Response::from_parts(parts, body::full(bytes))),
-            OnError::Closed => Err(ProxyError::BadGateway {
-                upstream: format!("policy {}", route.plugin),
-                detail: reason,
-            }),
-        },
+        Err(reason) => {
+            let resp = match on_error {
+                OnError::Open => Response::from_parts(parts, body::full(bytes)),
+                OnError::Closed => ProxyError::BadGateway {
+                    upstream: format!("policy {}", route.plugin),
+                    detail: reason,
+                }
+                .into_response(),
+            };
+            Ok(marked(resp, Enrichment::Failed, state))
+        }
     }
+}
+
+/// What happened to an answer of an enriched route: the `x-enrichment`
+/// header's value and the `outcome` of `profile_edge_enriched_responses_total`.
+/// Without it a client could not tell a body the policy failed on (served
+/// unenriched under `on_error = "open"`) from an enriched one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enrichment {
+    Ok,
+    /// The policy failed (error, trap, timeout, not JSON, not loaded).
+    Failed,
+    /// Not for the policy: non-2xx, not JSON, compressed or over size.
+    Skipped,
+}
+
+impl Enrichment {
+    fn as_str(self) -> &'static str {
+        match self {
+            Enrichment::Ok => "ok",
+            Enrichment::Failed => "failed",
+            Enrichment::Skipped => "skipped",
+        }
+    }
+}
+
+static X_ENRICHMENT: header::HeaderName = header::HeaderName::from_static("x-enrichment");
+
+fn marked(mut resp: Response<Body>, e: Enrichment, state: &State) -> Response<Body> {
+    state
+        .metrics
+        .enriched_responses
+        .with_label_values(&[e.as_str()])
+        .inc();
+    resp.headers_mut()
+        .insert(X_ENRICHMENT.clone(), HeaderValue::from_static(e.as_str()));
+    resp
 }
 
 /// Whether an answer is one the policy should see.
