@@ -10,6 +10,9 @@ use profile_edge::demo::{Demo, DemoOptions};
 use profile_edge::http::tls;
 use profile_edge::{app, logging, App, Config};
 
+/// The config file when `--config` is not given (the demo has its own).
+const DEFAULT_CONFIG: &str = "config/profile-edge.toml";
+
 #[derive(Parser)]
 #[command(
     name = "profile-edge",
@@ -17,9 +20,10 @@ use profile_edge::{app, logging, App, Config};
     about = "Edge cache proxy for the Officer user-profile API"
 )]
 struct Cli {
-    /// The config file (TOML).
-    #[arg(long, global = true, default_value = "config/profile-edge.toml")]
-    config: PathBuf,
+    /// The config file (TOML) [default: config/profile-edge.toml; the
+    /// demo: its built-in config/demo.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -31,12 +35,18 @@ enum Command {
     Check,
     /// Run a simulated Officer and Posts API with the proxy in front.
     Demo {
-        /// Address of the demo proxy.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Address of the demo admin listener.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        /// Address of the demo proxy [default: the config's server.listen,
+        /// 127.0.0.1:8080 in the built-in one].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Address of the demo admin listener [default: the config's
+        /// admin.listen, 127.0.0.1:9090 in the built-in one].
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// An enrichment policy (.wasm) to serve instead of the config's;
+        /// rebuilt files are swapped in while the demo runs.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
         /// Synthetic users in the simulated Officer.
         #[arg(long, default_value_t = 5000)]
         users: usize,
@@ -49,19 +59,27 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tls::install_default_provider();
+    let config = || {
+        cli.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    };
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
-        None => run(cli.config),
+        Some(Command::Check) => check(&config()),
+        None => run(config()),
         Some(Command::Demo {
             listen,
             admin,
             users,
             latency,
+            plugin,
         }) => demo(DemoOptions {
             listen,
             admin,
             users,
             latency,
+            config: cli.config.clone(),
+            plugin,
         }),
     }
 }
