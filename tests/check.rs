@@ -207,7 +207,7 @@ fn a_plugin_built_for_another_wit_version_is_one_line() {
         "[plugins.old]\npath = {:?}\ndeadline = \"1s\"\n",
         wasm("testing/wrong_version.wasm")
     ));
-    one_problem(&run, "plugins.old.path", &[]);
+    one_problem(&run, "plugins.old.path", &["is built for", "rebuild it"]);
 }
 
 #[test]
