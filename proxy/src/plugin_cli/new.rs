@@ -96,6 +96,7 @@ pub fn run(name: &str, world: World, parent: &Path) -> Result<Created, CliError>
             .replace("{{used_from}}", used_from)
             .replace("{{run_flags}}", run_flags)
             .replace("{{file_name}}", &file_name)
+            .replace("{{package}}", wit_package())
     };
     let mut cargo = fill(CARGO_TOML);
     let (package_keys, dependencies) = match &workspace {
@@ -150,6 +151,13 @@ pub fn run(name: &str, world: World, parent: &Path) -> Result<Created, CliError>
         wasm: format!("wasm32-wasip2/release/{file_name}"),
         members_hint,
     })
+}
+
+/// `profile-edge:policy@X.Y.Z`, as the embedded WIT declares it.
+fn wit_package() -> &'static str {
+    WIT.lines()
+        .find_map(|l| l.trim().strip_prefix("package "))
+        .map_or("profile-edge:policy", |p| p.trim_end_matches(';').trim())
 }
 
 /// A crate name cargo accepts and that is not a path: ASCII letters,
@@ -258,6 +266,15 @@ mod tests {
         let release = &parsed["profile"]["release"];
         assert_eq!(release["lto"], toml::Value::Boolean(true));
         assert_eq!(release["panic"], toml::Value::String("abort".into()));
+    }
+
+    #[test]
+    fn the_package_is_read_from_the_wit() {
+        assert!(
+            wit_package().starts_with("profile-edge:policy@"),
+            "{}",
+            wit_package()
+        );
     }
 
     #[test]

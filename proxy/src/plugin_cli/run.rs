@@ -14,7 +14,7 @@ use super::inputs::{self, Input};
 use super::report::{self, CallReport, Report, Run};
 use super::{CliError, RunArgs};
 use crate::config::PluginConfig;
-use crate::plugin::bindings::Profile;
+use crate::plugin::bindings::{CallInfo, Profile};
 use crate::plugin::calls::{CallError, Limits, World};
 use crate::plugin::error::PluginError;
 use crate::plugin::host::PluginContext;
@@ -156,6 +156,14 @@ fn call<T>(
     (value, report)
 }
 
+/// What `host::request()` tells an enrichment policy under `plugin run`:
+/// a response on an `[[enrich]]` route, as the default config has it.
+pub const RUN_ROUTE: &str = "/api/posts";
+
+fn response() -> CallInfo {
+    CallInfo::response(RUN_ROUTE, RUN_ROUTE)
+}
+
 /// `needed-ids`, then `enrich` with the profiles of the ids it named.
 fn enrich(
     args: &RunArgs,
@@ -170,7 +178,9 @@ fn enrich(
         .map(inputs::read_profiles)
         .transpose()?;
     let mut calls = Vec::new();
-    let (ids, r) = call("needed-ids", ctx, || plugin.needed_ids(&body.text));
+    let (ids, r) = call("needed-ids", ctx, || {
+        plugin.needed_ids(&response(), &body.text)
+    });
     calls.push(r);
     let Some(ids) = ids else {
         let run = Run::Enrich {
@@ -197,7 +207,9 @@ fn enrich(
             "a sample profile for each id asked (--profiles FILE for yours)".to_string(),
         ),
     };
-    let (output, mut r) = call("enrich", ctx, || plugin.enrich(&body.text, &profiles));
+    let (output, mut r) = call("enrich", ctx, || {
+        plugin.enrich(&response(), &body.text, &profiles)
+    });
     // The proxy refuses an answer that is not JSON (`on_error` applies).
     if let Some(out) = &output {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(out) {
@@ -234,7 +246,9 @@ fn invalidate(
         inputs::sample_event,
         "profile-updated event",
     )?;
-    let (actions, r) = call("on-event", ctx, || plugin.on_event(&event.text));
+    let (actions, r) = call("on-event", ctx, || {
+        plugin.on_event(&CallInfo::event(), &event.text)
+    });
     let run = Run::Invalidate {
         event_from: event.from,
         event: event.sample.then_some(event.text),
