@@ -92,6 +92,11 @@ fn cargo_test(crate_dir: &Path) -> String {
         .output()
         .expect("run cargo test");
     ok(&out, "cargo test in the generated crate");
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("warning:"),
+        "the template compiles without warnings:\n{stderr}"
+    );
     // The summary goes to stdout.
     text(&out.stdout)
 }

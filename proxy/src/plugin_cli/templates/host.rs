@@ -5,7 +5,8 @@
 //! `{}`), `set_request` what `request()` returns (default: a response on
 //! no particular route), and `take_logs` returns the lines `log` wrote. All
 //! are per test thread, so tests running in parallel do not see each other's.
-#![allow(dead_code)] // a policy uses what it needs of these
+// A policy uses what it needs of these; the rest is not a warning.
+#![allow(dead_code, unused_imports)]
 
 pub use crate::profile_edge::policy::host::{CallInfo, CallKind, Level};
 
