@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::Trap;
+use wasmtime::Store;
 
 use super::bindings::enrich::EnrichPolicyPre;
 use super::bindings::invalidate::InvalidatePolicyPre;
 use super::bindings::{Action, Profile};
+use super::diagnose;
 use super::engine::PluginRuntime;
 use super::host::{HostState, PluginContext};
 
@@ -35,7 +36,8 @@ pub enum CallError {
     /// The policy returned an error (or output the proxy cannot use).
     #[error("policy error: {0}")]
     Error(String),
-    /// The policy trapped (panic, unreachable, memory cap, a forbidden import).
+    /// The policy trapped (panic, unreachable, memory cap, a forbidden
+    /// import): the cause first, then a trimmed wasm backtrace (`diagnose`).
     #[error("policy trapped: {0}")]
     Trap(String),
     /// The policy ran past its deadline.
@@ -74,7 +76,7 @@ impl PluginRuntime {
             p.profile_edge_policy_enricher()
                 .call_needed_ids(&mut store, body)
         });
-        flatten(run, limits)
+        finish(&store, run, limits)
     }
 
     /// `enrich` on a fresh instance.
@@ -91,7 +93,7 @@ impl PluginRuntime {
             p.profile_edge_policy_enricher()
                 .call_enrich(&mut store, body, profiles)
         });
-        flatten(run, limits)
+        finish(&store, run, limits)
     }
 
     /// `on-event` on a fresh instance.
@@ -107,20 +109,27 @@ impl PluginRuntime {
             p.profile_edge_policy_invalidator()
                 .call_on_event(&mut store, event)
         });
-        flatten(run, limits)
+        finish(&store, run, limits)
     }
 }
 
-/// Maps wasmtime's nested result to a call outcome.
-fn flatten<T>(run: wasmtime::Result<Result<T, String>>, limits: &Limits) -> Result<T, CallError> {
+/// Logs what the guest printed during the call (ok or not), then maps
+/// wasmtime's nested result to a call outcome.
+fn finish<T>(
+    store: &Store<HostState>,
+    run: wasmtime::Result<Result<T, String>>,
+    limits: &Limits,
+) -> Result<T, CallError> {
+    let state = store.data();
+    state.output.emit(&state.ctx);
     match run {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(msg)) => Err(CallError::Error(msg.chars().take(512).collect())),
-        Err(e) => match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Err(CallError::Timeout(limits.deadline)),
-            _ => Err(CallError::Trap(
-                format!("{e:#}").chars().take(512).collect(),
-            )),
-        },
+        Err(e) => Err(diagnose::call_failure(
+            &e,
+            &state.output.stderr.text(),
+            limits,
+            state.limits.memory_exceeded,
+        )),
     }
 }
