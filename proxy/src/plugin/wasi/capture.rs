@@ -8,6 +8,9 @@ use crate::plugin::host::PluginContext;
 /// Bytes kept per stream per call; the rest are counted as dropped.
 pub const MAX_CAPTURE: usize = 16 * 1024;
 
+/// The line Rust's std prints after a panic message.
+const PANIC_HINT: &str = "note: run with `RUST_BACKTRACE=1`";
+
 /// Representations of the streams the shim hands out.
 pub(super) const STDOUT_REP: u32 = 1;
 pub(super) const STDERR_REP: u32 = 2;
@@ -40,7 +43,9 @@ impl Capture {
     /// how much did not fit.
     fn emit(&self, ctx: &PluginContext, source: &'static str, level: Level) {
         for line in self.text().lines() {
-            if !line.trim().is_empty() {
+            // std's hint after a panic cannot be followed: a policy has no
+            // environment to set RUST_BACKTRACE in.
+            if !line.trim().is_empty() && !line.starts_with(PANIC_HINT) {
                 ctx.emit(source, level, line);
             }
         }
@@ -92,7 +97,11 @@ mod tests {
     #[test]
     fn output_is_capped_per_stream_and_the_rest_counted_and_said() {
         let mut out = Output::default();
-        out.write(STDOUT_REP, b"first\r\n\nsecond");
+        out.write(STDOUT_REP, b"first\r\n\nsecond\n");
+        out.write(
+            STDOUT_REP,
+            format!("{PANIC_HINT} environment variable\n").as_bytes(),
+        );
         out.write(STDERR_REP, &vec![b'e'; MAX_CAPTURE + 10]);
         out.write(7, b"unknown stream");
         let ctx = PluginContext::capturing("p", "{}".into());
