@@ -9,6 +9,8 @@ use super::calls::{CallError, Limits};
 
 /// Longest cause kept whole, in characters.
 pub const MAX_CAUSE_CHARS: usize = 1024;
+/// Most of a trap's stderr quoted in its cause (the end is kept).
+const MAX_STDERR_CHARS: usize = 768;
 /// Frames shown in the backtrace; the rest are counted.
 const MAX_FRAMES: usize = 5;
 /// Longest function name shown.
@@ -27,10 +29,15 @@ pub fn call_failure(
     }
     let cause = if memory_exceeded {
         format!("grew past its memory limit of {}", size(limits.memory))
-    } else if let (Some(_), Some(panic)) = (error.downcast_ref::<Trap>(), panic_message(stderr)) {
+    } else if let Some(trap) = error.downcast_ref::<Trap>() {
         // A Rust panic prints its message, then aborts with `unreachable`:
-        // the message is the cause.
-        panic
+        // the message is the cause. Other runtimes (a JavaScript engine,
+        // C's abort) say why on stderr too, in their own words.
+        match (panic_message(stderr), stderr_tail(stderr)) {
+            (Some(panic), _) => panic,
+            (None, Some(tail)) => format!("{trap}; stderr: {tail}"),
+            (None, None) => trap.to_string(),
+        }
     } else {
         error.root_cause().to_string()
     };
@@ -57,6 +64,27 @@ pub fn panic_message(stderr: &str) -> Option<String> {
         .filter(|l| !l.is_empty())
         .collect();
     Some(format!("{location}: {}", message.join(" ")))
+}
+
+/// The end of what the call wrote to stderr, its lines joined by ` | `:
+/// at most `MAX_STDERR_CHARS`, so that the trap's own words fit too.
+fn stderr_tail(stderr: &str) -> Option<String> {
+    let joined = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if joined.is_empty() {
+        return None;
+    }
+    let chars = joined.chars().count();
+    Some(if chars > MAX_STDERR_CHARS {
+        let skip = chars - MAX_STDERR_CHARS;
+        format!("...{}", joined.chars().skip(skip).collect::<String>())
+    } else {
+        joined
+    })
 }
 
 /// Frames from the innermost out, without the runtime's frames on top
@@ -170,6 +198,19 @@ mod tests {
             Some("panicked at 'boom', src/lib.rs:1:2")
         );
         assert_eq!(panic_message("just a line\n"), None);
+    }
+
+    #[test]
+    fn a_trap_without_a_panic_quotes_the_end_of_stderr() {
+        assert_eq!(
+            stderr_tail("expected a string\n\nStack:\n  f@x.js:1:2\n").as_deref(),
+            Some("expected a string | Stack: | f@x.js:1:2")
+        );
+        assert_eq!(stderr_tail(" \n"), None);
+        let long = format!("start\n{}end", "y".repeat(2 * MAX_STDERR_CHARS));
+        let tail = stderr_tail(&long).expect("a tail");
+        assert!(tail.starts_with("...y") && tail.ends_with("yend"), "{tail}");
+        assert_eq!(tail.chars().count(), MAX_STDERR_CHARS + 3);
     }
 
     #[test]
