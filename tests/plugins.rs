@@ -236,6 +236,127 @@ async fn hostile_policies_are_contained() {
 }
 
 #[tokio::test]
+async fn a_current_guest_is_told_the_call_it_is_in() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let app = hostile(&sim, "call-info", "closed").await;
+    let c = client();
+    let feed = format!("http://{}/api/posts?limit=3", app.main_addr());
+    let (status, _, body) = get(&c, &feed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json(&body)["callInfo"],
+        serde_json::json!({"kind": "response", "path": "/api/posts?limit=3", "route": "/api/posts"})
+    );
+    let one = format!("http://{}/api/posts/p000003", app.main_addr());
+    let (status, _, body) = get(&c, &one).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["callInfo"]["path"], "/api/posts/p000003");
+    app.shutdown().await;
+}
+
+/// A config with two enrich routes: single posts (`/api/posts/p0...`) go
+/// to plugin `new`, everything else under `/api/posts` to plugin `old`.
+fn two_policies(sim: &SimOrigin, old: &Path, new: &Path) -> String {
+    profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
+             [plugins.old]\n{}\n[plugins.new]\n{}\n\
+             [[enrich]]\npath_prefix = \"/api/posts/p0\"\nupstream = \"posts\"\nplugin = \"new\"\n\n\
+             [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"old\"\n",
+            sim.posts_url(),
+            plugin_at(old, &roomy()),
+            plugin_at(new, &roomy()),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_guest_built_for_the_previous_wit_version_serves_beside_a_current_one() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let old = wasm("testing/previous_wit.wasm");
+    let new = wasm("enrich_posts.wasm");
+    std::fs::write(&path, two_policies(&sim, &old, &new)).unwrap();
+    let app = start_proxy_from_file(&path).await;
+    let c = client();
+    let admin = app.admin_addr();
+    let feed = format!("http://{}/api/posts?limit=5", app.main_addr());
+    let one = format!("http://{}/api/posts/p000003", app.main_addr());
+
+    let check_both_serve = || async {
+        // The feed goes through the 0.1.0 guest, the single post through
+        // the 0.2.0 one; both write the author snapshots.
+        let (status, _, body) = get(&c, &feed).await;
+        assert_eq!(status, StatusCode::OK);
+        let doc = json(&body);
+        let posts = doc["posts"].as_array().unwrap();
+        assert_eq!(posts.len(), 5);
+        for post in posts {
+            let author = post["userId"].as_str().unwrap();
+            let profile = sim.profile(author).expect("sim knows the author");
+            assert_eq!(post["userSnapshot"]["id"], author);
+            assert_eq!(
+                post["userSnapshot"]["displayName"],
+                profile.display_name.as_str()
+            );
+            assert_eq!(
+                post["userSnapshot"]["avatarUrl"],
+                profile.avatar_url.as_str()
+            );
+        }
+        let (status, _, body) = get(&c, &one).await;
+        assert_eq!(status, StatusCode::OK);
+        let one = json(&body);
+        assert_eq!(one["userSnapshot"]["id"], one["userId"]);
+    };
+    check_both_serve().await;
+    let calls = |plugin: &str| {
+        format!("profile_edge_plugin_calls_total{{outcome=\"ok\",plugin=\"{plugin}\"}}")
+    };
+    assert_eq!(metric(&c, admin, &calls("old")).await, 2.0);
+    assert_eq!(metric(&c, admin, &calls("new")).await, 2.0);
+
+    let (_, _, list) = get(&c, &format!("http://{admin}/admin/plugins")).await;
+    let list = json(&list);
+    let version = |name: &str| {
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["wit_version"].clone())
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+    };
+    assert_eq!(version("old"), "0.1.0");
+    assert_eq!(version("new"), "0.2.0");
+
+    // Re-pointed at a guest of a version this proxy does not accept: the
+    // reload is refused, naming that version on one line, and both keep
+    // serving.
+    std::fs::write(
+        &path,
+        two_policies(&sim, &wasm("testing/wrong_version.wasm"), &new),
+    )
+    .unwrap();
+    let (status, _, body) = send(
+        &c,
+        Method::POST,
+        &format!("http://{admin}/admin/reload"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["key"], "plugins.old.path", "{body}");
+    assert_eq!(body["problems"][0]["reason"], WRONG_VERSION, "{body}");
+    check_both_serve().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn no_state_leaks_from_one_call_into_the_next() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
     let app = hostile(&sim, "leak", "open").await;
@@ -272,8 +393,9 @@ async fn log_floods_are_rate_limited() {
 
 /// Runs the binary with the hostile fixture in `mode` as `feed`, logging
 /// JSON to a file, makes one feed request (enrichment on), and answers the
-/// log's lines that carry `plugin = "feed"` once the process has stopped.
-async fn feed_log_lines(sim: &SimOrigin, mode: &str) -> Vec<Value> {
+/// log's lines that carry `plugin = "feed"` once the process has stopped,
+/// and `feed` in `GET /admin/plugins` after the request.
+async fn feed_log_lines(sim: &SimOrigin, mode: &str) -> (Vec<Value>, Value) {
     let dir = tempfile::tempdir().unwrap();
     let main: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -298,22 +420,25 @@ async fn feed_log_lines(sim: &SimOrigin, mode: &str) -> Vec<Value> {
     let mut proc = spawn_binary_logging_to(&path, admin, std::process::Stdio::from(file)).await;
     let (status, _, _) = get(&client(), &format!("http://{main}/api/posts?limit=3")).await;
     assert_eq!(status, StatusCode::OK, "{mode}");
+    let (_, _, list) = get(&client(), &format!("http://{admin}/admin/plugins")).await;
+    let feed = json(&list)["plugins"][0].clone();
     // The guest's lines are written before the answer goes out; stopping
     // the process makes sure they are all on disk before reading.
     proc.0.kill().unwrap();
     proc.0.wait().unwrap();
-    std::fs::read_to_string(&log)
+    let lines = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|l| l["fields"]["plugin"] == "feed")
-        .collect()
+        .collect();
+    (lines, feed)
 }
 
 #[tokio::test]
 async fn what_a_guest_prints_is_in_the_log_tagged_with_the_plugin() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let lines = feed_log_lines(&sim, "print").await;
+    let (lines, _) = feed_log_lines(&sim, "print").await;
     let said = |source: &str, level: &str, message: &str| {
         lines.iter().any(|l| {
             l["fields"]["source"] == source
@@ -332,13 +457,17 @@ async fn what_a_guest_prints_is_in_the_log_tagged_with_the_plugin() {
 }
 
 #[tokio::test]
-async fn a_guest_panic_message_is_the_cause_in_the_log() {
+async fn a_guest_panic_message_is_the_cause_in_the_log_and_admin_plugins() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let lines = feed_log_lines(&sim, "trap").await;
+    let (lines, feed) = feed_log_lines(&sim, "trap").await;
     // The failed call, with the panic message first, on one line.
     let failure = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "policy call failed")
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("policy call failed"))
+        })
         .unwrap_or_else(|| panic!("no failed call in {lines:#?}"));
     assert_eq!(failure["fields"]["outcome"], "trap");
     let error = failure["fields"]["error"].as_str().unwrap();
@@ -347,10 +476,13 @@ async fn a_guest_panic_message_is_the_cause_in_the_log() {
             && error.contains(": hostile policy traps on purpose (wasm backtrace: "),
         "{error}"
     );
-    // And what the panic wrote to stderr, as the guest wrote it.
+    // The same reason in /admin/plugins.
+    assert_eq!(feed["last_call_error"]["outcome"], "trap", "{feed}");
+    assert_eq!(feed["last_call_error"]["message"], error, "{feed}");
+    // Not a second time as guest stderr lines: failures are logged
+    // bounded (see tests/plugin_failures.rs), and the cause carries it.
     assert!(
-        lines.iter().any(|l| l["fields"]["source"] == "stderr"
-            && l["fields"]["message"] == "hostile policy traps on purpose"),
+        !lines.iter().any(|l| l["fields"]["source"] == "stderr"),
         "{lines:#?}"
     );
 }
@@ -442,6 +574,10 @@ async fn a_guest_reads_the_clocks_and_random_bytes() {
     app.shutdown().await;
 }
 
+/// How a component built for an unaccepted WIT version is refused.
+const WRONG_VERSION: &str = "is built for world enrich-policy of profile-edge:policy@0.0.9; \
+     this proxy accepts @0.2 (current) and @0.1 (previous): rebuild it against plugins/wit";
+
 #[tokio::test]
 async fn broken_components_are_refused_at_load_with_a_clear_message() {
     let sim = sim_origin(10, Duration::from_millis(1)).await;
@@ -456,12 +592,9 @@ async fn broken_components_are_refused_at_load_with_a_clear_message() {
     let cases = [
         (
             wasm("invalidate_profile.wasm"),
-            "does not implement world enrich-policy",
+            "does not implement world enrich-policy: it is built for world invalidate-policy of profile-edge:policy@0.2.0",
         ),
-        (
-            wasm("testing/wrong_version.wasm"),
-            "does not implement world enrich-policy",
-        ),
+        (wasm("testing/wrong_version.wasm"), WRONG_VERSION),
         (garbage, "not a valid WebAssembly component"),
         (core, "core WebAssembly module"),
     ];
@@ -829,4 +962,34 @@ fn check_validates_the_plugins_a_config_names() {
             && stderr.contains("not a valid WebAssembly component"),
         "{stderr}"
     );
+
+    // A guest of a WIT version this proxy does not accept: one line that
+    // names its version and the accepted ones.
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        config_text(
+            "http://127.0.0.1:7001",
+            &section(&wasm("testing/wrong_version.wasm")),
+        ),
+    )
+    .unwrap();
+    let out = run_check(&wrong);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    let line = format!("{}: plugins.feed.path: {WRONG_VERSION}", wrong.display());
+    assert!(stderr.lines().any(|l| l == line), "{stderr}");
+
+    // And one built for the previous version passes.
+    let previous = dir.path().join("previous.toml");
+    std::fs::write(
+        &previous,
+        config_text(
+            "http://127.0.0.1:7001",
+            &section(&wasm("testing/previous_wit.wasm")),
+        ),
+    )
+    .unwrap();
+    let out = check_ok(&previous);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugins.feed: ok (enrich-policy)"));
 }

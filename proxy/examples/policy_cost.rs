@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use profile_edge::config::Config;
-use profile_edge::plugin::bindings::Profile;
+use profile_edge::plugin::bindings::{CallInfo, Profile};
 use profile_edge::plugin::registry::check_plugin;
 
 fn main() {
@@ -40,16 +40,17 @@ fn main() {
             }
         })
         .collect();
+    let call = CallInfo::response("/api/posts/feed?limit=20", "/api/posts");
     for round in 0..3 {
         let n = 2000;
         let t = Instant::now();
         for _ in 0..n {
-            plugin.needed_ids(&body).unwrap();
+            plugin.needed_ids(&call, &body).unwrap();
         }
         let ids = t.elapsed() / n;
         let t = Instant::now();
         for _ in 0..n {
-            plugin.enrich(&body, &profiles).unwrap();
+            plugin.enrich(&call, &body, &profiles).unwrap();
         }
         let enrich = t.elapsed() / n;
         println!(

@@ -1,17 +1,17 @@
 //! One policy call: the worlds a component can fulfil, the limits a call
-//! runs under, how a call ends (`CallError`, the `outcome` label), and the
-//! three calls themselves, each on a fresh instance from the engine.
+//! runs under, what the call is for (`CallInfo`, which a guest of the
+//! current WIT version reads with `host.request()`), how a call ends
+//! (`CallError`, the `outcome` label), and the three calls themselves, each
+//! on a fresh instance from the engine, whichever WIT version it was built for.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Store;
 
-use super::bindings::enrich::EnrichPolicyPre;
-use super::bindings::invalidate::InvalidatePolicyPre;
-use super::bindings::{Action, Profile};
+use super::bindings::{Action, CallInfo, CallKind, Profile};
 use super::diagnose;
-use super::engine::PluginRuntime;
+use super::engine::{PluginRuntime, Prepared};
 use super::host::{HostState, PluginContext};
 
 /// Which contract a component fulfils.
@@ -62,74 +62,162 @@ pub struct Limits {
     pub memory: usize,
 }
 
+/// The `call-info` a smoke test of an enrichment policy is told.
+pub const SMOKE_PATH: &str = "/profile-edge/smoke-test";
+
+impl CallInfo {
+    /// An upstream answer (or one event of it) on an `[[enrich]]` route:
+    /// the client's path with its query, and the route's `path_prefix`.
+    pub fn response(path: &str, route: &str) -> CallInfo {
+        CallInfo {
+            kind: CallKind::Response,
+            path: path.to_string(),
+            route: route.to_string(),
+        }
+    }
+
+    /// A new post for the notification streams.
+    pub fn notification() -> CallInfo {
+        CallInfo {
+            kind: CallKind::Notification,
+            path: String::new(),
+            route: String::new(),
+        }
+    }
+
+    /// A profile event.
+    pub fn event() -> CallInfo {
+        CallInfo {
+            kind: CallKind::Event,
+            path: String::new(),
+            route: String::new(),
+        }
+    }
+}
+
 impl PluginRuntime {
     /// `needed-ids` on a fresh instance.
     pub fn needed_ids(
         &self,
-        pre: &EnrichPolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         body: &str,
     ) -> Result<Vec<String>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_needed_ids(&mut store, body)
-        });
-        finish(&store, run, limits)
+        match pre {
+            Prepared::Enrich(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_needed_ids(&mut store, body)
+                });
+                finish(&store, run, limits)
+            }
+            Prepared::PreviousEnrich(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_needed_ids(&mut store, body)
+                });
+                finish(&store, run, limits)
+            }
+            _ => Err(not_enrich()),
+        }
     }
 
     /// `enrich` on a fresh instance.
     pub fn enrich(
         &self,
-        pre: &EnrichPolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         body: &str,
         profiles: &[Profile],
     ) -> Result<String, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_enrich(&mut store, body, profiles)
-        });
-        finish(&store, run, limits)
+        match pre {
+            Prepared::Enrich(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_enrich(&mut store, body, profiles)
+                });
+                finish(&store, run, limits)
+            }
+            Prepared::PreviousEnrich(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_enrich(&mut store, body, profiles)
+                });
+                finish(&store, run, limits)
+            }
+            _ => Err(not_enrich()),
+        }
     }
 
     /// `on-event` on a fresh instance.
     pub fn on_event(
         &self,
-        pre: &InvalidatePolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         event: &str,
     ) -> Result<Vec<Action>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_invalidator()
-                .call_on_event(&mut store, event)
-        });
-        finish(&store, run, limits)
+        match pre {
+            Prepared::Invalidate(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_invalidator()
+                        .call_on_event(&mut store, event)
+                });
+                finish(&store, run, limits)
+            }
+            Prepared::PreviousInvalidate(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                let run = pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_invalidator()
+                        .call_on_event(&mut store, event)
+                });
+                finish(&store, run, limits)
+            }
+            _ => Err(CallError::Error("not an invalidation policy".into())),
+        }
     }
 }
 
+fn not_enrich() -> CallError {
+    CallError::Error("not an enrichment policy".into())
+}
+
 /// Logs what the guest printed during the call (ok or not), then maps
-/// wasmtime's nested result to a call outcome.
+/// wasmtime's nested result to a call outcome. A trap whose cause quotes
+/// the call's stderr (a panic message) does not log that stderr again:
+/// the failure is logged once, bounded, by the registry.
 fn finish<T>(
     store: &Store<HostState>,
     run: wasmtime::Result<Result<T, String>>,
     limits: &Limits,
 ) -> Result<T, CallError> {
     let state = store.data();
-    state.output.emit(&state.ctx);
-    match run {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(msg)) => Err(CallError::Error(msg.chars().take(512).collect())),
-        Err(e) => Err(diagnose::call_failure(
-            &e,
-            &state.output.stderr.text(),
-            limits,
-            state.limits.memory_exceeded,
-        )),
-    }
+    let (result, stderr_quoted) = match run {
+        Ok(Ok(v)) => (Ok(v), false),
+        Ok(Err(msg)) => (
+            Err(CallError::Error(msg.chars().take(512).collect())),
+            false,
+        ),
+        Err(e) => {
+            let (error, quoted) = diagnose::call_failure(
+                &e,
+                &state.output.stderr.text(),
+                limits,
+                state.limits.memory_exceeded,
+            );
+            (Err(error), quoted)
+        }
+    };
+    state.output.emit(&state.ctx, !stderr_quoted);
+    result
 }

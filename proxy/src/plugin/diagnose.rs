@@ -17,16 +17,19 @@ const MAX_FRAMES: usize = 5;
 const MAX_FRAME_CHARS: usize = 120;
 
 /// A call that failed in wasmtime (a trap, a forbidden import, a limit):
-/// `stderr` is what the guest wrote there during the call.
+/// `stderr` is what the guest wrote there during the call. Also answers
+/// whether the cause quotes that stderr, which then need not be logged
+/// line by line as well.
 pub fn call_failure(
     error: &wasmtime::Error,
     stderr: &str,
     limits: &Limits,
     memory_exceeded: bool,
-) -> CallError {
+) -> (CallError, bool) {
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-        return CallError::Timeout(limits.deadline);
+        return (CallError::Timeout(limits.deadline), false);
     }
+    let mut quoted = false;
     let cause = if memory_exceeded {
         format!("grew past its memory limit of {}", size(limits.memory))
     } else if let Some(trap) = error.downcast_ref::<Trap>() {
@@ -34,8 +37,14 @@ pub fn call_failure(
         // the message is the cause. Other runtimes (a JavaScript engine,
         // C's abort) say why on stderr too, in their own words.
         match (panic_message(stderr), stderr_tail(stderr)) {
-            (Some(panic), _) => panic,
-            (None, Some(tail)) => format!("{trap}; stderr: {tail}"),
+            (Some(panic), _) => {
+                quoted = true;
+                panic
+            }
+            (None, Some(tail)) => {
+                quoted = true;
+                format!("{trap}; stderr: {tail}")
+            }
             (None, None) => trap.to_string(),
         }
     } else {
@@ -45,7 +54,7 @@ pub fn call_failure(
         .downcast_ref::<WasmBacktrace>()
         .map(backtrace)
         .unwrap_or_default();
-    CallError::Trap(one_line(&cause, &trace))
+    (CallError::Trap(one_line(&cause, &trace)), quoted)
 }
 
 /// `panicked at src/lib.rs:12:9: boom` from Rust's panic output:

@@ -79,12 +79,13 @@ impl Output {
         }
     }
 
-    /// Sends the lines to the plugin's log: stdout at info, stderr at warn.
-    pub fn emit(&self, ctx: &PluginContext) {
+    /// Sends the lines to the plugin's log: stdout at info, stderr (unless
+    /// `with_stderr` is false) at warn.
+    pub fn emit(&self, ctx: &PluginContext, with_stderr: bool) {
         if !self.stdout.is_empty() {
             self.stdout.emit(ctx, "stdout", Level::Info);
         }
-        if !self.stderr.is_empty() {
+        if with_stderr && !self.stderr.is_empty() {
             self.stderr.emit(ctx, "stderr", Level::Warn);
         }
     }
@@ -105,7 +106,7 @@ mod tests {
         out.write(STDERR_REP, &vec![b'e'; MAX_CAPTURE + 10]);
         out.write(7, b"unknown stream");
         let ctx = PluginContext::capturing("p", "{}".into());
-        out.emit(&ctx);
+        out.emit(&ctx, true);
         let lines: Vec<(&str, &str, String)> = ctx
             .take_lines()
             .into_iter()
