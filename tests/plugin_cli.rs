@@ -567,6 +567,10 @@ fn plugin_run_reports_a_trap_and_exits_1() {
     assert_eq!(calls[0]["outcome"], "trap");
     let reason = calls[0]["error"].as_str().unwrap();
     assert!(!reason.contains('\n'), "one line: {reason}");
+    assert!(
+        reason.contains("hostile policy traps on purpose"),
+        "the panic message says why: {reason}"
+    );
 
     // The text report says the same, on one line per call.
     let out = edge(
