@@ -96,6 +96,12 @@ impl PluginRuntime {
         }))
     }
 
+    /// The engine every policy runs on, for `examples/policy_cost.rs`,
+    /// which times instantiation and calls separately.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Compiles (or takes from the cache) a component and links it for
     /// `world`. Errors are written for the operator who deployed the file.
     pub fn prepare(&self, bytes: &[u8], world: World) -> Result<(Prepared, String), PluginError> {
