@@ -12,7 +12,7 @@ for name in enrich_posts invalidate_profile enrich_fields; do
     cp "$out/$name.wasm" "dist/$name.wasm"
     echo "plugins: dist/$name.wasm ($(wc -c < "dist/$name.wasm") bytes)"
 done
-for name in hostile_enrich hostile_invalidate wrong_version; do
+for name in hostile_enrich hostile_invalidate wrong_version previous_wit; do
     cp "$out/$name.wasm" "dist/testing/$name.wasm"
 done
 echo "plugins: test fixtures in dist/testing/"

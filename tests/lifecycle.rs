@@ -152,3 +152,68 @@ async fn demo_starts_and_its_first_curl_command_answers_200() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(v["id"].is_string(), "{v}");
 }
+
+/// `demo --config FILE` runs FILE (its upstreams pointed at the simulator),
+/// and `--plugin FILE.wasm` serves that policy on the enrich routes.
+#[tokio::test]
+async fn the_demo_runs_the_config_and_the_policy_it_is_given() {
+    use profile_edge::demo::{Demo, DemoOptions};
+    let dist = repo_root().join("plugins/dist");
+    let dir = tempfile::tempdir().unwrap();
+    // The shipped demo config with its own policy swapped for one with
+    // settings: posts get `author` instead of `userSnapshot`.
+    let text = std::fs::read_to_string(repo_root().join("config/demo.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace(
+            "path = \"plugins/dist/enrich_posts.wasm\"",
+            &format!(
+                "path = \"{}\"\nconfig = {{ target = \"author\" }}",
+                dist.join("enrich_fields.wasm").display()
+            ),
+        )
+        .replace(
+            "\"plugins/dist/invalidate_profile.wasm\"",
+            &format!("\"{}\"", dist.join("invalidate_profile.wasm").display()),
+        )
+        .replace("deadline = \"10ms\"", "deadline = \"1s\"");
+    let config = dir.path().join("my-demo.toml");
+    std::fs::write(&config, text).unwrap();
+    let opts = DemoOptions {
+        users: 50,
+        latency: Duration::ZERO,
+        config: Some(config.clone()),
+        ..DemoOptions::default()
+    };
+    let c = client();
+    let first_post = |demo: &Demo| format!("http://{}/api/posts?limit=1", demo.app.main_addr());
+
+    let demo = Demo::start(&opts).await.unwrap();
+    let (status, _, body) = get(&c, &first_post(&demo)).await;
+    assert_eq!(status, StatusCode::OK);
+    let post = json(&body)["posts"][0].clone();
+    assert!(post["author"].is_object(), "the config's policy: {post}");
+    assert!(post.get("userSnapshot").is_none(), "{post}");
+    demo.shutdown().await;
+
+    // The same config, with the default policy given on the command line.
+    let demo = Demo::start(&DemoOptions {
+        plugin: Some(dist.join("enrich_posts.wasm")),
+        ..opts.clone()
+    })
+    .await
+    .unwrap();
+    let (_, _, body) = get(&c, &first_post(&demo)).await;
+    let post = json(&body)["posts"][0].clone();
+    assert!(
+        post["userSnapshot"].is_object(),
+        "--plugin's policy: {post}"
+    );
+    demo.shutdown().await;
+
+    // A config the demo cannot run is refused with the key named.
+    std::fs::write(&config, "[coalescing]\nmax_batch = 0\n").unwrap();
+    let err = Demo::start(&opts).await.err().expect("refused").to_string();
+    assert!(err.contains("coalescing.max_batch"), "{err}");
+}

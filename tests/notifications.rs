@@ -7,7 +7,8 @@
 //! another gets every event; bad input is refused before a stream starts;
 //! shutdown ends streams. Then the same clients on an `[[enrich]]` route
 //! whose upstream (the simulated Posts API) answers an event stream: each
-//! event enriched as it arrives, malformed ones passed through as they came.
+//! event enriched as it arrives, malformed ones passed through as they came,
+//! and the policy told which kind of call each is.
 //! Then the other sources: a `new-posts` change stream on a real
 //! MongoDB-protocol server, three instances sharing a real Redis backplane,
 //! and the demo; and follower lists forgotten with their author's profile.
@@ -565,6 +566,51 @@ async fn sse_events(c: &HttpClient, admin: SocketAddr, outcome: &str) -> f64 {
     .await
 }
 
+/// A policy is told what it enriches (`host.request()`): a new post for
+/// the notification streams, or one event of an `[[enrich]]` route's
+/// stream, with the request's path and the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_told_whether_it_enriches_a_notification_or_a_stream_event() {
+    let sim = sim_origin(50, Duration::ZERO).await;
+    let wasm = repo_root().join("plugins/dist/testing/hostile_enrich.wasm");
+    assert!(
+        wasm.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        wasm.display()
+    );
+    let app = start_proxy(&profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
+             [plugins.feed]\npath = \"{}\"\ndeadline = \"1s\"\nconfig = {{ mode = \"call-info\" }}\n\n\
+             [notifications]\nplugin = \"feed\"\nenrich_deadline = \"10s\"\n\n\
+             [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
+            sim.posts_url(),
+            wasm.display()
+        ),
+    ))
+    .await;
+    let c = client();
+    let mut sub = Sse::open(app.main_addr(), "", None).await.unwrap();
+    publish(&c, app.admin_addr(), "p1", &user_id(3)).await;
+    let (_, data) = sub.post().await;
+    assert_eq!(
+        data["callInfo"],
+        json!({"kind": "notification", "path": "", "route": ""}),
+        "{data}"
+    );
+
+    let mut stream = open_post_stream(&sim, app.main_addr()).await;
+    sim.push_stream_post();
+    let (_, data) = event_lines(&stream.block().await.expect("an event"));
+    assert_eq!(
+        data["callInfo"],
+        json!({"kind": "response", "path": POST_STREAM, "route": "/api/posts"}),
+        "{data}"
+    );
+    app.shutdown().await;
+}
+
 /// Each event is enriched as it arrives: the first reaches the client,
 /// enriched, before the simulator sends the second (the test sends the
 /// second only once it has read the first). One profile load and one run of
@@ -912,10 +958,11 @@ async fn a_profile_event_forgets_the_authors_follower_list() {
 async fn the_demo_streams_new_posts_with_their_snapshots() {
     use profile_edge::demo::{Demo, DemoOptions};
     let demo = Demo::start(&DemoOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
         users: 100,
         latency: Duration::ZERO,
+        ..DemoOptions::default()
     })
     .await
     .unwrap();

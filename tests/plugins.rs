@@ -236,6 +236,127 @@ async fn hostile_policies_are_contained() {
 }
 
 #[tokio::test]
+async fn a_current_guest_is_told_the_call_it_is_in() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let app = hostile(&sim, "call-info", "closed").await;
+    let c = client();
+    let feed = format!("http://{}/api/posts?limit=3", app.main_addr());
+    let (status, _, body) = get(&c, &feed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json(&body)["callInfo"],
+        serde_json::json!({"kind": "response", "path": "/api/posts?limit=3", "route": "/api/posts"})
+    );
+    let one = format!("http://{}/api/posts/p000003", app.main_addr());
+    let (status, _, body) = get(&c, &one).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["callInfo"]["path"], "/api/posts/p000003");
+    app.shutdown().await;
+}
+
+/// A config with two enrich routes: single posts (`/api/posts/p0...`) go
+/// to plugin `new`, everything else under `/api/posts` to plugin `old`.
+fn two_policies(sim: &SimOrigin, old: &Path, new: &Path) -> String {
+    profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
+             [plugins.old]\n{}\n[plugins.new]\n{}\n\
+             [[enrich]]\npath_prefix = \"/api/posts/p0\"\nupstream = \"posts\"\nplugin = \"new\"\n\n\
+             [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"old\"\n",
+            sim.posts_url(),
+            plugin_at(old, &roomy()),
+            plugin_at(new, &roomy()),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_guest_built_for_the_previous_wit_version_serves_beside_a_current_one() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let old = wasm("testing/previous_wit.wasm");
+    let new = wasm("enrich_posts.wasm");
+    std::fs::write(&path, two_policies(&sim, &old, &new)).unwrap();
+    let app = start_proxy_from_file(&path).await;
+    let c = client();
+    let admin = app.admin_addr();
+    let feed = format!("http://{}/api/posts?limit=5", app.main_addr());
+    let one = format!("http://{}/api/posts/p000003", app.main_addr());
+
+    let check_both_serve = || async {
+        // The feed goes through the 0.1.0 guest, the single post through
+        // the 0.2.0 one; both write the author snapshots.
+        let (status, _, body) = get(&c, &feed).await;
+        assert_eq!(status, StatusCode::OK);
+        let doc = json(&body);
+        let posts = doc["posts"].as_array().unwrap();
+        assert_eq!(posts.len(), 5);
+        for post in posts {
+            let author = post["userId"].as_str().unwrap();
+            let profile = sim.profile(author).expect("sim knows the author");
+            assert_eq!(post["userSnapshot"]["id"], author);
+            assert_eq!(
+                post["userSnapshot"]["displayName"],
+                profile.display_name.as_str()
+            );
+            assert_eq!(
+                post["userSnapshot"]["avatarUrl"],
+                profile.avatar_url.as_str()
+            );
+        }
+        let (status, _, body) = get(&c, &one).await;
+        assert_eq!(status, StatusCode::OK);
+        let one = json(&body);
+        assert_eq!(one["userSnapshot"]["id"], one["userId"]);
+    };
+    check_both_serve().await;
+    let calls = |plugin: &str| {
+        format!("profile_edge_plugin_calls_total{{outcome=\"ok\",plugin=\"{plugin}\"}}")
+    };
+    assert_eq!(metric(&c, admin, &calls("old")).await, 2.0);
+    assert_eq!(metric(&c, admin, &calls("new")).await, 2.0);
+
+    let (_, _, list) = get(&c, &format!("http://{admin}/admin/plugins")).await;
+    let list = json(&list);
+    let version = |name: &str| {
+        list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["wit_version"].clone())
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+    };
+    assert_eq!(version("old"), "0.1.0");
+    assert_eq!(version("new"), "0.2.0");
+
+    // Re-pointed at a guest of a version this proxy does not accept: the
+    // reload is refused, naming that version on one line, and both keep
+    // serving.
+    std::fs::write(
+        &path,
+        two_policies(&sim, &wasm("testing/wrong_version.wasm"), &new),
+    )
+    .unwrap();
+    let (status, _, body) = send(
+        &c,
+        Method::POST,
+        &format!("http://{admin}/admin/reload"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body = json(&body);
+    assert_eq!(body["problems"][0]["key"], "plugins.old.path", "{body}");
+    assert_eq!(body["problems"][0]["reason"], WRONG_VERSION, "{body}");
+    check_both_serve().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn no_state_leaks_from_one_call_into_the_next() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
     let app = hostile(&sim, "leak", "open").await;
@@ -270,6 +391,10 @@ async fn log_floods_are_rate_limited() {
     app.shutdown().await;
 }
 
+/// How a component built for an unaccepted WIT version is refused.
+const WRONG_VERSION: &str = "is built for world enrich-policy of profile-edge:policy@0.0.9; \
+     this proxy accepts @0.2 (current) and @0.1 (previous): rebuild it against plugins/wit";
+
 #[tokio::test]
 async fn broken_components_are_refused_at_load_with_a_clear_message() {
     let sim = sim_origin(10, Duration::from_millis(1)).await;
@@ -284,12 +409,9 @@ async fn broken_components_are_refused_at_load_with_a_clear_message() {
     let cases = [
         (
             wasm("invalidate_profile.wasm"),
-            "does not implement world enrich-policy",
+            "does not implement world enrich-policy: it is built for world invalidate-policy of profile-edge:policy@0.2.0",
         ),
-        (
-            wasm("testing/wrong_version.wasm"),
-            "does not implement world enrich-policy",
-        ),
+        (wasm("testing/wrong_version.wasm"), WRONG_VERSION),
         (garbage, "not a valid WebAssembly component"),
         (core, "core WebAssembly module"),
     ];
@@ -657,4 +779,34 @@ fn check_validates_the_plugins_a_config_names() {
             && stderr.contains("not a valid WebAssembly component"),
         "{stderr}"
     );
+
+    // A guest of a WIT version this proxy does not accept: one line that
+    // names its version and the accepted ones.
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        config_text(
+            "http://127.0.0.1:7001",
+            &section(&wasm("testing/wrong_version.wasm")),
+        ),
+    )
+    .unwrap();
+    let out = run_check(&wrong);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    let line = format!("{}: plugins.feed.path: {WRONG_VERSION}", wrong.display());
+    assert!(stderr.lines().any(|l| l == line), "{stderr}");
+
+    // And one built for the previous version passes.
+    let previous = dir.path().join("previous.toml");
+    std::fs::write(
+        &previous,
+        config_text(
+            "http://127.0.0.1:7001",
+            &section(&wasm("testing/previous_wit.wasm")),
+        ),
+    )
+    .unwrap();
+    let out = check_ok(&previous);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("plugins.feed: ok (enrich-policy)"));
 }

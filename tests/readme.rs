@@ -366,6 +366,7 @@ fn the_readme_plugin_build_script_builds_the_components() {
         "testing/hostile_enrich.wasm",
         "testing/hostile_invalidate.wasm",
         "testing/wrong_version.wasm",
+        "testing/previous_wit.wasm",
     ];
     std::fs::create_dir_all(saved.path().join("testing")).unwrap();
     for name in shipped.iter().chain(&testing) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use profile_edge::config::Config;
 use profile_edge::plugin::bindings::enrich::profile_edge::policy::host;
 use profile_edge::plugin::bindings::enrich::{EnrichPolicy, EnrichPolicyPre};
-use profile_edge::plugin::bindings::{Level, Profile};
+use profile_edge::plugin::bindings::{CallInfo, Level, Profile};
 use profile_edge::plugin::engine::PluginRuntime;
 use profile_edge::plugin::registry::{check_plugin, load_for_bench};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -36,6 +36,14 @@ impl host::Host for Probe {
     fn config(&mut self) -> String {
         "{}".into()
     }
+    fn request(&mut self) -> CallInfo {
+        call()
+    }
+}
+
+/// What the calls are told (`host.request()`): a feed answer.
+fn call() -> CallInfo {
+    CallInfo::response("/api/posts/feed?limit=20", "/api/posts")
 }
 
 impl ResourceLimiter for Probe {
@@ -148,12 +156,12 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
     for _ in 0..3 {
         let t = Instant::now();
         for _ in 0..N {
-            plugin.needed_ids(body).unwrap();
+            plugin.needed_ids(&call(), body).unwrap();
         }
         fresh.0 = fresh.0.min(t.elapsed() / N);
         let (f0, t) = (minor_faults(), Instant::now());
         for _ in 0..N {
-            plugin.enrich(body, profiles).unwrap();
+            plugin.enrich(&call(), body, profiles).unwrap();
         }
         fresh.1 = fresh.1.min(t.elapsed() / N);
         fresh_faults = (minor_faults() - f0) as f64 / f64::from(N);
@@ -217,8 +225,9 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
     f
 }
 
-/// Linked like the proxy links a policy: the WIT host, a hash seed for
-/// Rust's `HashMap`, every other import a trap.
+/// Linked like the proxy links a policy built for the current WIT version:
+/// the WIT host, a hash seed for Rust's `HashMap`, every other import a
+/// trap.
 fn pre(engine: &wasmtime::Engine, component: &Component) -> EnrichPolicyPre<Probe> {
     let mut linker: Linker<Probe> = Linker::new(engine);
     host::add_to_linker::<Probe, HasSelf<Probe>>(&mut linker, |s| s).unwrap();

@@ -38,6 +38,9 @@ pub const WARM_UP_OUTCOMES: [&str; 4] = ["cached", "loaded", "not_found", "faile
 /// `outcome` label values of `profile_edge_sse_events_total`: events of an
 /// `[[enrich]]` route's upstream event stream.
 pub const SSE_EVENT_OUTCOMES: [&str; 4] = ["enriched", "passed", "failed", "oversize"];
+/// `outcome` label values of `profile_edge_enriched_responses_total`, also
+/// the values of the `x-enrichment` response header.
+pub const ENRICH_OUTCOMES: [&str; 3] = ["ok", "failed", "skipped"];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 250.0];
 
 pub struct Metrics {
@@ -104,6 +107,10 @@ pub struct Metrics {
     /// failed (the policy failed; sent as it came), oversize (over the
     /// route's `max_body_size`; forwarded untouched).
     pub sse_events: IntCounterVec,
+    /// Beyond the contract: answers of `[[enrich]]` routes by what happened
+    /// to them (`ENRICH_OUTCOMES`; event streams are counted per event in
+    /// `sse_events`).
+    pub enriched_responses: IntCounterVec,
     /// `request_duration` per route, resolved once (same order as `ROUTES`).
     route_durations: Vec<Histogram>,
 }
@@ -293,6 +300,14 @@ impl Metrics {
         for outcome in SSE_EVENT_OUTCOMES {
             sse_events.with_label_values(&[outcome]);
         }
+        let enriched_responses = counter_vec(
+            "profile_edge_enriched_responses_total",
+            "Answers of [[enrich]] routes, by outcome: ok (enriched), failed (the policy failed; served per on_error), skipped (not enrichable: non-2xx, not JSON, compressed or over max_body_size).",
+            &["outcome"],
+        );
+        for outcome in ENRICH_OUTCOMES {
+            enriched_responses.with_label_values(&[outcome]);
+        }
         for reason in ["lagged", "unknown-last-event-id"] {
             notifications_dropped.with_label_values(&[reason]);
         }
@@ -352,6 +367,7 @@ impl Metrics {
             notifications_unenriched,
             notifications_relayed,
             sse_events,
+            enriched_responses,
             route_durations,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -381,6 +397,7 @@ impl Metrics {
             Box::new(m.notifications_unenriched.clone()),
             Box::new(m.notifications_relayed.clone()),
             Box::new(m.sse_events.clone()),
+            Box::new(m.enriched_responses.clone()),
             Box::new(m.warm_up_ids.clone()),
             Box::new(m.warm_up_runs.clone()),
             Box::new(m.warm_up_untracked.clone()),
@@ -479,6 +496,7 @@ mod tests {
             "profile_edge_warm_up_runs_total",
             "profile_edge_warm_up_untracked_total",
             "profile_edge_sse_events_total{outcome=\"oversize\"} 0",
+            "profile_edge_enriched_responses_total{outcome=\"skipped\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing");
         }

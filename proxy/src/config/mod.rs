@@ -10,8 +10,10 @@ mod backplane;
 mod change_streams;
 mod coalescing;
 mod fail_safe;
+mod hints;
 mod log;
 mod notifications;
+mod parse;
 mod plugins;
 mod post_snapshots;
 mod profiles;
@@ -92,10 +94,20 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {}: {}", self.file, p.key, p.reason)?;
+            write!(f, "{}: {}: {}", self.file, p.key, one_line(&p.reason))?;
         }
         Ok(())
     }
+}
+
+/// A config file read as far as it goes (`Config::diagnose`).
+#[derive(Debug)]
+pub struct Diagnosis {
+    pub file: String,
+    /// `None` when the text could not be read into a `Config` at all
+    /// (not TOML, say); otherwise with defaults where values were refused.
+    pub config: Option<Config>,
+    pub problems: Vec<Problem>,
 }
 
 impl Config {
@@ -104,38 +116,50 @@ impl Config {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            problems: vec![Problem::new("(file)", format!("cannot read: {e}"))],
+            problems: vec![Problem::new(
+                "(file)",
+                format!("cannot read {}: {e}", resolved(path)),
+            )],
         })?;
         Config::parse(&text, &file)
     }
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: file.to_string(),
-            problems,
-        };
-        let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = match e.path().to_string() {
-                p if p == "." || p.is_empty() => "(document)".to_string(),
-                p => p,
+        let d = Config::diagnose(text, file);
+        match d.config {
+            Some(config) if d.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                file: d.file,
+                problems: d.problems,
+            }),
+        }
+    }
+
+    /// Every problem in config text, in one pass: syntax (then nothing
+    /// else can be read), every type error and unknown key, then what
+    /// `validate()` finds in the rest. The config comes back as far as it
+    /// could be read, for `check` to go on with the sections that parsed.
+    pub fn diagnose(text: &str, file: &str) -> Diagnosis {
+        let parsed = parse::parse(text);
+        let mut problems = parsed.problems;
+        if let Some(config) = &parsed.config {
+            // A dropped or stand-in value would only be reported again.
+            let damaged = |key: &str| {
+                parsed.damaged.iter().any(|d| {
+                    key.strip_prefix(d.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
             };
-            let inner = e.inner();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", line_of(text, s.start)))
-                .unwrap_or_default();
-            fail(vec![Problem::new(
-                key,
-                format!("{}{line}", inner.message()),
-            )])
-        })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(problems))
+            problems.extend(config.validate().into_iter().filter(|p| !damaged(&p.key)));
+        }
+        for p in &mut problems {
+            p.reason = one_line(&p.reason);
+        }
+        Diagnosis {
+            file: file.to_string(),
+            config: parsed.config,
+            problems,
         }
     }
 
@@ -188,8 +212,40 @@ fn file_must_exist(out: &mut Vec<Problem>, key: &str, path: &Path) {
             key,
             format!("{} is not a file", path.display()),
         )),
-        Err(e) => out.push(Problem::new(key, format!("{}: {e}", path.display()))),
+        Err(e) => out.push(Problem::new(key, format!("{}: {e}", resolved(path)))),
     }
+}
+
+/// A path as the operator needs it when it is not there: a relative one
+/// is resolved from the working directory, which is not always where the
+/// config file is.
+pub fn resolved(path: &Path) -> String {
+    if path.is_absolute() {
+        return path.display().to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => format!(
+            "{} (resolved to {}, relative to the working directory {})",
+            path.display(),
+            cwd.join(path).display(),
+            cwd.display()
+        ),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// A reason as one line, whatever library wrote it: `check` and the logs
+/// promise one line per problem.
+pub fn one_line(reason: &str) -> String {
+    if !reason.contains('\n') {
+        return reason.to_string();
+    }
+    reason
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Two listen addresses that would collide; port 0 (any free port) never does.
@@ -206,10 +262,6 @@ pub(crate) fn problem_keys(extra: &str) -> Vec<String> {
         Ok(_) => Vec::new(),
         Err(e) => e.problems.into_iter().map(|p| p.key).collect(),
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
 }
 
 #[cfg(test)]
@@ -241,8 +293,8 @@ mod tests {
             "{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n"
         ));
         assert_eq!(p.len(), 1);
-        assert!(p[0].key.starts_with("server"), "{p:?}");
-        assert!(p[0].reason.contains("lisen"), "{p:?}");
+        assert_eq!(p[0].key, "server.lisen", "{p:?}");
+        assert!(p[0].reason.contains("did you mean `listen`?"), "{p:?}");
     }
 
     #[test]
@@ -284,11 +336,54 @@ mod tests {
     }
 
     #[test]
+    fn type_errors_do_not_hide_later_problems() {
+        // listen = 3 used to be the only problem reported.
+        let text = format!(
+            "[server]\nlisten = 3\n{MINIMAL}[coalescing]\nmax_batch = 0\nwindow = 5\n\
+             [[enrich]]\npath_prefix = \"/posts\"\nupstream = \"officer\"\nplugin = \"nope\"\n"
+        );
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "coalescing.window",
+                "coalescing.max_batch",
+                "enrich[0].plugin"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_value_is_not_reported_again_by_validation() {
+        // The stand-in for the refused prefix would fail "must start with '/'".
+        let text = format!(
+            "{MINIMAL}[[enrich]]\npath_prefix = 1\nupstream = \"officer\"\nplugin = \"nope\"\n"
+        );
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["enrich[0].path_prefix", "enrich[0].plugin"]);
+        let d = Config::diagnose(&text, "t.toml");
+        assert!(d.config.is_some(), "the rest of the file is still read");
+    }
+
+    #[test]
+    fn a_bad_regex_is_one_line_saying_what_is_wrong() {
+        let p = problems(&format!("{MINIMAL}[profiles]\nid_pattern = \"(\"\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].reason, "not a valid regex: unclosed group");
+    }
+
+    #[test]
     fn display_is_one_line_per_problem() {
         let e = ConfigError {
             file: "f.toml".into(),
             problems: vec![Problem::new("a.b", "bad"), Problem::new("c", "worse")],
         };
         assert_eq!(e.to_string(), "f.toml: a.b: bad\nf.toml: c: worse");
+        let wrapped = ConfigError {
+            file: "f.toml".into(),
+            problems: vec![Problem::new("a", "first\n  second\n")],
+        };
+        assert_eq!(wrapped.to_string(), "f.toml: a: first second");
     }
 }

@@ -93,9 +93,13 @@ impl PluginConfig {
             out.push(Problem::new(key("deadline"), "must be at most 1s"));
         }
         if self.memory_limit.bytes() < 1 << 16 {
+            // Usually a bare number meant as MiB: it counts bytes.
             out.push(Problem::new(
                 key("memory_limit"),
-                "must be at least 64KiB (one wasm page)",
+                format!(
+                    "is {} bytes; must be at least 64KiB (one wasm page): write e.g. \"32MiB\"",
+                    self.memory_limit.bytes()
+                ),
             ));
         } else if self.memory_limit.bytes() > MAX_MEMORY as u64 {
             // Refused rather than clamped: the pooling allocator's slots are
@@ -128,21 +132,29 @@ impl EnrichRoute {
         if !self.path_prefix.starts_with('/') {
             out.push(Problem::new(key("path_prefix"), "must start with '/'"));
         } else {
-            // Routes are tried in order and the first prefix that matches
-            // wins, so a repeated prefix is a route that can never match.
-            if let Some(j) = config
+            // Routes are tried in order and the first whose prefix the raw
+            // path starts with wins (no segment boundary: "/api/post" takes
+            // "/api/posts/1"), so a route whose prefix starts with an
+            // earlier one's can never match.
+            if let Some((j, earlier)) = config
                 .enrich
                 .iter()
                 .take(i)
-                .position(|r| r.path_prefix == self.path_prefix)
+                .enumerate()
+                .find(|(_, r)| self.path_prefix.starts_with(&r.path_prefix))
             {
-                out.push(Problem::new(
-                    key("path_prefix"),
+                let reason = if earlier.path_prefix == self.path_prefix {
                     format!(
                         "{:?} is also enrich[{j}].path_prefix; only the first route would ever match",
                         self.path_prefix
-                    ),
-                ));
+                    )
+                } else {
+                    format!(
+                        "{:?} is shadowed by enrich[{j}].path_prefix {:?}, which is tried first and takes every path this one would: put the longer prefix first",
+                        self.path_prefix, earlier.path_prefix
+                    )
+                };
+                out.push(Problem::new(key("path_prefix"), reason));
             }
             // Enrich routes are matched before profile routes, so such a
             // prefix would send lookups to the enrich upstream, past every tier.
@@ -296,6 +308,49 @@ mod tests {
         assert!(p[0].reason.contains("enrich[0].path_prefix"), "{p:?}");
         let distinct = config(&format!("{}{}", route("/api/posts"), route("/api/feed")));
         assert!(validate_enrich(&distinct).is_empty());
+    }
+
+    #[test]
+    fn a_route_under_an_earlier_prefix_is_shadowed() {
+        // Matching is by raw prefix: "/api/post" takes "/api/posts/..." too.
+        for (first, later) in [
+            ("/api/posts", "/api/posts/feed"),
+            ("/api/post", "/api/posts"),
+            ("/feed/", "/feed/x"),
+        ] {
+            let c = config(&format!("{}{}", route(first), route(later)));
+            let p = validate_enrich(&c);
+            assert_eq!(
+                keys(p.clone()),
+                vec!["enrich[1].path_prefix"],
+                "{first} {later}"
+            );
+            assert!(
+                p[0].reason.contains("shadowed by enrich[0].path_prefix")
+                    && p[0].reason.contains("put the longer prefix first"),
+                "{p:?}"
+            );
+        }
+        // The longer prefix first is the way to route a sub-tree elsewhere;
+        // and "/feed/" does not take "/feed" or "/feeds".
+        for (first, later) in [
+            ("/api/posts/feed", "/api/posts"),
+            ("/feed/", "/feed"),
+            ("/feed/", "/feeds"),
+        ] {
+            let c = config(&format!("{}{}", route(first), route(later)));
+            assert!(validate_enrich(&c).is_empty(), "{first} {later}");
+        }
+    }
+
+    #[test]
+    fn a_bare_number_memory_limit_says_it_counts_bytes() {
+        let p = plugin(Dur::millis(10), ByteSize(32)).validate("p");
+        assert_eq!(keys(p.clone()), vec!["plugins.p.memory_limit"]);
+        assert!(
+            p[0].reason.contains("is 32 bytes") && p[0].reason.contains("\"32MiB\""),
+            "{p:?}"
+        );
     }
 
     #[test]

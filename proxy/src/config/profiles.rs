@@ -54,9 +54,17 @@ impl ProfilesConfig {
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if let Err(e) = regex::Regex::new(&self.id_pattern) {
+            // regex draws the pattern with a caret under the fault over
+            // several lines; its last line says what is wrong.
+            let text = e.to_string();
+            let what = text
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("error: "))
+                .unwrap_or(&text);
             out.push(Problem::new(
                 "profiles.id_pattern",
-                format!("not a valid regex: {e}"),
+                format!("not a valid regex: {what}"),
             ));
         }
         if self.max_request_ids == 0 {

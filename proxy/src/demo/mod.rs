@@ -7,6 +7,7 @@ pub(crate) mod sim;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -35,12 +36,21 @@ const DEMO_PLUGINS: [(&str, &[u8]); 2] = [
     ),
 ];
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct DemoOptions {
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
+    /// The proxy's address; `None`: the config's `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// The admin address; `None`: the config's `admin.listen`.
+    pub admin: Option<SocketAddr>,
     pub users: usize,
     pub latency: Duration,
+    /// A config file to run instead of the built-in `config/demo.toml`. Its
+    /// `officer` and `posts` upstreams are pointed at the simulator; every
+    /// other key, plugin paths included, is used as written.
+    pub config: Option<PathBuf>,
+    /// An enrichment policy to serve instead of the config's: every plugin
+    /// an `[[enrich]]` route or `[notifications]` uses is pointed at it.
+    pub plugin: Option<PathBuf>,
 }
 
 /// A running demo: the simulator and the proxy.
@@ -76,6 +86,40 @@ mod tempfile_dir {
     }
 }
 
+/// The built-in `config/demo.toml`, its plugin paths pointed at copies of
+/// the built-in policies written to `dir`.
+fn builtin_config(dir: &tempfile_dir::TempDir) -> anyhow::Result<Config> {
+    let mut text = DEMO_CONFIG.to_string();
+    for (config_path, bytes) in DEMO_PLUGINS {
+        let file = config_path.rsplit('/').next().unwrap_or(config_path);
+        let path = dir.path().join(file);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        let quoted = toml::Value::String(path.display().to_string()).to_string();
+        text = text.replace(&format!("\"{config_path}\""), &quoted);
+    }
+    toml::from_str(&text).context("the built-in demo config is invalid")
+}
+
+/// `--plugin FILE`: the plugins that enrich (`[[enrich]]` routes and
+/// `[notifications]`) load FILE instead. The proxy watches it, so a rebuilt
+/// policy is swapped in while the demo runs.
+fn use_enrichment_policy(config: &mut Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let mut names: Vec<String> = config.enrich.iter().map(|r| r.plugin.clone()).collect();
+    names.extend(config.notifications.iter().filter_map(|n| n.plugin.clone()));
+    if names.is_empty() {
+        anyhow::bail!(
+            "--plugin: the config has no [[enrich]] route or [notifications] plugin to serve it"
+        );
+    }
+    let path = std::path::absolute(file).with_context(|| format!("--plugin {}", file.display()))?;
+    for name in names {
+        if let Some(p) = config.plugins.get_mut(&name) {
+            p.path = path.clone();
+        }
+    }
+    Ok(())
+}
+
 impl Demo {
     pub async fn start(opts: &DemoOptions) -> anyhow::Result<Demo> {
         let mut sim = SimOrigin::start(SimConfig {
@@ -90,22 +134,39 @@ impl Demo {
         // The plugin files first: the config names them and must find them.
         let plugin_dir =
             tempfile_dir::TempDir::new().context("creating the demo's plugin directory")?;
-        let mut text = DEMO_CONFIG.to_string();
-        for (config_path, bytes) in DEMO_PLUGINS {
-            let file = config_path.rsplit('/').next().unwrap_or(config_path);
-            let path = plugin_dir.path().join(file);
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-            let quoted = toml::Value::String(path.display().to_string()).to_string();
-            text = text.replace(&format!("\"{config_path}\""), &quoted);
+        let mut config = match &opts.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                // Parsed without validation: the upstream URLs are replaced
+                // below, and the result is validated as a whole.
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("{} is not a valid config", path.display()))?
+            }
+            None => builtin_config(&plugin_dir)?,
+        };
+        if let Some(listen) = opts.listen {
+            config.server.listen = listen;
         }
-        let mut config = Config::parse(&text, "config/demo.toml")
-            .context("the built-in demo config is invalid")?;
-        config.server.listen = opts.listen;
-        config.admin.listen = opts.admin;
+        if let Some(admin) = opts.admin {
+            config.admin.listen = admin;
+        }
         for (name, url) in [("officer", sim.officer_url()), ("posts", sim.posts_url())] {
             if let Some(up) = config.upstreams.get_mut(name) {
                 up.url = url;
             }
+        }
+        if let Some(plugin) = &opts.plugin {
+            use_enrichment_policy(&mut config, plugin)?;
+        }
+        let file = opts
+            .config
+            .as_ref()
+            .map_or("config/demo.toml".to_string(), |p| p.display().to_string());
+        let problems = config.validate();
+        if !problems.is_empty() {
+            let e = crate::config::ConfigError { file, problems };
+            anyhow::bail!("{e}");
         }
         let app = App::start(config).await.context("starting the proxy")?;
         start_posting(&app, opts.users);

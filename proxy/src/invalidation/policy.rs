@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::http::error::ProxyError;
 use crate::lookup::IdRules;
-use crate::plugin::bindings::Action;
+use crate::plugin::bindings::{Action, CallInfo};
 use crate::state::State;
 
 /// Event types whose meaning is about one profile: they need `userId`.
@@ -84,7 +84,7 @@ pub async fn apply(state: &State, event: &Event<'_>, source: &str) -> Value {
             .collect::<Vec<_>>()
     };
     let (actions, policy_result) = match policy.as_deref().map(|n| (n, state.plugins.get(n))) {
-        Some((_, Some(p))) => match p.on_event(event.text) {
+        Some((_, Some(p))) => match p.on_event(&CallInfo::event(), event.text) {
             Ok(actions) => (actions, "ok".to_string()),
             Err(e) => (
                 fallback(),

@@ -25,6 +25,7 @@ use crate::config::{BackplaneSettings, Config, NotificationsConfig};
 use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
+use crate::plugin::bindings::CallInfo;
 use crate::state::State;
 use followers::Followers;
 use hub::Hub;
@@ -242,7 +243,8 @@ impl Notifications {
             Some(name) => {
                 let plugin = state.plugins.get(name);
                 let bytes = Bytes::from(body.clone());
-                let work = crate::routes::enrich::enrich_body(plugin, name, &bytes, state);
+                let call = CallInfo::notification();
+                let work = crate::routes::enrich::enrich_body(plugin, name, &call, &bytes, state);
                 match tokio::time::timeout(deadline, work).await {
                     // One line per event: the data goes out as one `data:`
                     // line, so a policy's pretty-printing is folded.

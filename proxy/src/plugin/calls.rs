@@ -1,17 +1,17 @@
 //! One policy call: the worlds a component can fulfil, the limits a call
-//! runs under, how a call ends (`CallError`, the `outcome` label), and the
-//! three calls themselves, each on a fresh instance from the engine.
+//! runs under, what the call is for (`CallInfo`, which a guest of the
+//! current WIT version reads with `host.request()`), how a call ends
+//! (`CallError`, the `outcome` label), and the three calls themselves, each
+//! on a fresh instance from the engine, whichever WIT version it was built for.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Trap;
 
-use super::bindings::enrich::EnrichPolicyPre;
-use super::bindings::invalidate::InvalidatePolicyPre;
-use super::bindings::{Action, Profile};
-use super::engine::PluginRuntime;
-use super::host::{HostState, PluginContext};
+use super::bindings::{Action, CallInfo, CallKind, Profile};
+use super::engine::{PluginRuntime, Prepared};
+use super::host::PluginContext;
 
 /// Which contract a component fulfils.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,55 +60,131 @@ pub struct Limits {
     pub memory: usize,
 }
 
+/// The `call-info` a smoke test of an enrichment policy is told.
+pub const SMOKE_PATH: &str = "/profile-edge/smoke-test";
+
+impl CallInfo {
+    /// An upstream answer (or one event of it) on an `[[enrich]]` route:
+    /// the client's path with its query, and the route's `path_prefix`.
+    pub fn response(path: &str, route: &str) -> CallInfo {
+        CallInfo {
+            kind: CallKind::Response,
+            path: path.to_string(),
+            route: route.to_string(),
+        }
+    }
+
+    /// A new post for the notification streams.
+    pub fn notification() -> CallInfo {
+        CallInfo {
+            kind: CallKind::Notification,
+            path: String::new(),
+            route: String::new(),
+        }
+    }
+
+    /// A profile event.
+    pub fn event() -> CallInfo {
+        CallInfo {
+            kind: CallKind::Event,
+            path: String::new(),
+            route: String::new(),
+        }
+    }
+}
+
 impl PluginRuntime {
     /// `needed-ids` on a fresh instance.
     pub fn needed_ids(
         &self,
-        pre: &EnrichPolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         body: &str,
     ) -> Result<Vec<String>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_needed_ids(&mut store, body)
-        });
+        let run = match pre {
+            Prepared::Enrich(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_needed_ids(&mut store, body)
+                })
+            }
+            Prepared::PreviousEnrich(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_needed_ids(&mut store, body)
+                })
+            }
+            _ => return Err(not_enrich()),
+        };
         flatten(run, limits)
     }
 
     /// `enrich` on a fresh instance.
     pub fn enrich(
         &self,
-        pre: &EnrichPolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         body: &str,
         profiles: &[Profile],
     ) -> Result<String, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_enricher()
-                .call_enrich(&mut store, body, profiles)
-        });
+        let run = match pre {
+            Prepared::Enrich(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_enrich(&mut store, body, profiles)
+                })
+            }
+            Prepared::PreviousEnrich(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_enricher()
+                        .call_enrich(&mut store, body, profiles)
+                })
+            }
+            _ => return Err(not_enrich()),
+        };
         flatten(run, limits)
     }
 
     /// `on-event` on a fresh instance.
     pub fn on_event(
         &self,
-        pre: &InvalidatePolicyPre<HostState>,
+        pre: &Prepared,
         ctx: &Arc<PluginContext>,
         limits: &Limits,
+        call: &CallInfo,
         event: &str,
     ) -> Result<Vec<Action>, CallError> {
-        let mut store = self.store(ctx, limits);
-        let run = pre.instantiate(&mut store).and_then(|p| {
-            p.profile_edge_policy_invalidator()
-                .call_on_event(&mut store, event)
-        });
+        let run = match pre {
+            Prepared::Invalidate(pre) => {
+                let mut store = self.store(ctx, limits, Some(call));
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_invalidator()
+                        .call_on_event(&mut store, event)
+                })
+            }
+            Prepared::PreviousInvalidate(pre) => {
+                let mut store = self.store(ctx, limits, None);
+                pre.instantiate(&mut store).and_then(|p| {
+                    p.profile_edge_policy_invalidator()
+                        .call_on_event(&mut store, event)
+                })
+            }
+            _ => return Err(CallError::Error("not an invalidation policy".into())),
+        };
         flatten(run, limits)
     }
+}
+
+fn not_enrich() -> CallError {
+    CallError::Error("not an enrichment policy".into())
 }
 
 /// Maps wasmtime's nested result to a call outcome.

@@ -21,6 +21,11 @@ use wasmtime::{
 
 use super::bindings::enrich::{profile_edge::policy::host, EnrichPolicyPre};
 use super::bindings::invalidate::InvalidatePolicyPre;
+use super::bindings::previous::enrich::{
+    profile_edge::policy::host as previous_host, EnrichPolicyPre as PreviousEnrichPre,
+};
+use super::bindings::previous::invalidate::InvalidatePolicyPre as PreviousInvalidatePre;
+use super::bindings::{CallInfo, CURRENT, PREVIOUS};
 use super::calls::{Limits, World};
 use super::error::PluginError;
 use super::host::{HostState, PluginContext};
@@ -34,18 +39,29 @@ pub const MAX_MEMORY: usize = 128 * 1024 * 1024;
 const KEEP_RESIDENT: usize = 4 * 1024 * 1024;
 
 /// A component linked and type-checked against its world, ready to
-/// instantiate cheaply for every call.
+/// instantiate cheaply for every call: built for the current WIT version,
+/// or for the previous one (`Previous*`), which a rolling upgrade still runs.
 #[derive(Clone)]
 pub enum Prepared {
     Enrich(EnrichPolicyPre<HostState>),
     Invalidate(InvalidatePolicyPre<HostState>),
+    PreviousEnrich(PreviousEnrichPre<HostState>),
+    PreviousInvalidate(PreviousInvalidatePre<HostState>),
 }
 
 impl Prepared {
     pub fn world(&self) -> World {
         match self {
-            Prepared::Enrich(_) => World::Enrich,
-            Prepared::Invalidate(_) => World::Invalidate,
+            Prepared::Enrich(_) | Prepared::PreviousEnrich(_) => World::Enrich,
+            Prepared::Invalidate(_) | Prepared::PreviousInvalidate(_) => World::Invalidate,
+        }
+    }
+
+    /// The `profile-edge:policy` version the component was built for.
+    pub fn wit_version(&self) -> &'static str {
+        match self {
+            Prepared::Enrich(_) | Prepared::Invalidate(_) => CURRENT,
+            Prepared::PreviousEnrich(_) | Prepared::PreviousInvalidate(_) => PREVIOUS,
         }
     }
 }
@@ -76,7 +92,12 @@ impl PluginRuntime {
             }
         };
         let mut linker = Linker::new(&engine);
+        // Both versions' `host`: their instance names differ (`@0.2.0`,
+        // `@0.1.0`), so a guest links to the one it was built for.
         host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .and_then(|()| {
+                previous_host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            })
             .map_err(|e| PluginError::Runtime(format!("linking host imports: {e}")))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -103,28 +124,96 @@ impl PluginRuntime {
     }
 
     /// Compiles (or takes from the cache) a component and links it for
-    /// `world`. Errors are written for the operator who deployed the file.
+    /// `world`, of the current WIT version or else the previous one.
+    /// Errors are written for the operator who deployed the file: a
+    /// component of neither version is refused naming the version (and
+    /// world) it was built for.
     pub fn prepare(&self, bytes: &[u8], world: World) -> Result<(Prepared, String), PluginError> {
         let sha = hex(&Sha256::digest(bytes));
         let component = self.compile(bytes, &sha)?;
         let mut linker = self.linker.clone();
         self.define_hash_seed(&mut linker, &component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
+            .map_err(|e| PluginError::Link(first_line(&format!("{e:#}"))))?;
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
+            .map_err(|e| PluginError::Link(first_line(&format!("{e:#}"))))?;
         let pre = linker
             .instantiate_pre(&component)
-            .map_err(|e| PluginError::Link(e.to_string()))?;
-        let prepared = match world {
-            World::Enrich => EnrichPolicyPre::new(pre).map(Prepared::Enrich),
-            World::Invalidate => InvalidatePolicyPre::new(pre).map(Prepared::Invalidate),
+            .map_err(|e| PluginError::Link(first_line(&format!("{e:#}"))))?;
+        // The exports are looked up by name, version included: at most one
+        // of the two can match.
+        let current = match world {
+            World::Enrich => EnrichPolicyPre::new(pre.clone()).map(Prepared::Enrich),
+            World::Invalidate => InvalidatePolicyPre::new(pre.clone()).map(Prepared::Invalidate),
+        };
+        let current_err = match current {
+            Ok(prepared) => return Ok((prepared, sha)),
+            Err(e) => e,
+        };
+        let previous = match world {
+            World::Enrich => PreviousEnrichPre::new(pre).map(Prepared::PreviousEnrich),
+            World::Invalidate => PreviousInvalidatePre::new(pre).map(Prepared::PreviousInvalidate),
+        };
+        match previous {
+            Ok(prepared) => Ok((prepared, sha)),
+            Err(previous_err) => Err(self.refusal(&component, world, current_err, previous_err)),
         }
-        .map_err(|e| PluginError::WrongWorld {
+    }
+
+    /// Why a component fits neither version of `world`, from the
+    /// `profile-edge:policy` interfaces it exports (or, failing those,
+    /// imports): built for a version this proxy does not accept, for
+    /// another world, or with signatures that do not match its version.
+    fn refusal(
+        &self,
+        component: &Component,
+        world: World,
+        current_err: wasmtime::Error,
+        previous_err: wasmtime::Error,
+    ) -> PluginError {
+        let ty = component.component_type();
+        let exports: Vec<PolicyInterface> = ty
+            .exports(&self.engine)
+            .filter_map(|(name, _)| PolicyInterface::parse(name))
+            .collect();
+        let imports: Vec<PolicyInterface> = ty
+            .imports(&self.engine)
+            .filter_map(|(name, _)| PolicyInterface::parse(name))
+            .collect();
+        let wrong_world = |reason: String| PluginError::WrongWorld {
             world: world.as_str(),
-            reason: format!("{e:#}"),
-        })?;
-        Ok((prepared, sha))
+            reason: one_line(&reason),
+        };
+        let Some(found) = exports.first().or(imports.first()) else {
+            return wrong_world(
+                "it exports no profile-edge:policy interface (not a policy, or built from another WIT package)".into(),
+            );
+        };
+        let built_world = exports.iter().find_map(|i| i.world());
+        let Some(track) = found.track() else {
+            return PluginError::WrongVersion {
+                built_for: found.version.clone(),
+                world: built_world.map(World::as_str),
+            };
+        };
+        match built_world {
+            Some(w) if w != world => wrong_world(format!(
+                "it is built for world {} of profile-edge:policy@{}",
+                w.as_str(),
+                found.version
+            )),
+            _ => {
+                let e = if track == Track::Current {
+                    current_err
+                } else {
+                    previous_err
+                };
+                wrong_world(format!(
+                    "built for profile-edge:policy@{}, but does not match it: {e:#}",
+                    found.version
+                ))
+            }
+        }
     }
 
     /// Rust's std on `wasm32-wasip2` seeds every `HashMap` from
@@ -159,15 +248,28 @@ impl PluginRuntime {
         if wasmparser_is_core_module(bytes) {
             return Err(PluginError::CoreModule);
         }
+        if !bytes.starts_with(b"\0asm") {
+            // wasmtime would say so over a dozen lines of hex bytes.
+            return Err(PluginError::NotAComponent(
+                "not a WebAssembly file (does not start with \\0asm)".into(),
+            ));
+        }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::NotAComponent(format!("{e:#}")))?;
+            .map_err(|e| PluginError::NotAComponent(first_line(&format!("{e:#}"))))?;
         if let Ok(mut m) = self.compiled.lock() {
             m.insert(sha.to_string(), component.clone());
         }
         Ok(component)
     }
 
-    pub(super) fn store(&self, ctx: &Arc<PluginContext>, limits: &Limits) -> Store<HostState> {
+    /// A store for one call; `call` is what `host.request()` answers (a
+    /// guest of the previous version has no such function: `None`).
+    pub(super) fn store(
+        &self,
+        ctx: &Arc<PluginContext>,
+        limits: &Limits,
+        call: Option<&CallInfo>,
+    ) -> Store<HostState> {
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory)
@@ -177,6 +279,7 @@ impl PluginRuntime {
                 .trap_on_grow_failure(true)
                 .build(),
             ctx: ctx.clone(),
+            call: call.cloned(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -186,6 +289,68 @@ impl PluginRuntime {
         store.epoch_deadline_trap();
         store
     }
+}
+
+/// Which accepted version a `profile-edge:policy` version falls in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Track {
+    Current,
+    Previous,
+}
+
+/// A `profile-edge:policy/NAME@VERSION` interface a component exports or
+/// imports.
+struct PolicyInterface {
+    name: String,
+    /// "" when the name carries none.
+    version: String,
+}
+
+impl PolicyInterface {
+    fn parse(full: &str) -> Option<PolicyInterface> {
+        let rest = full.strip_prefix("profile-edge:policy/")?;
+        let (name, version) = rest.split_once('@').unwrap_or((rest, ""));
+        Some(PolicyInterface {
+            name: name.to_string(),
+            version: version.to_string(),
+        })
+    }
+
+    /// The world whose export this interface is.
+    fn world(&self) -> Option<World> {
+        match self.name.as_str() {
+            "enricher" => Some(World::Enrich),
+            "invalidator" => Some(World::Invalidate),
+            _ => None,
+        }
+    }
+
+    /// Whether the version is one this proxy accepts: the same major and
+    /// minor as the current or the previous version (a patch adds nothing
+    /// a guest can see).
+    fn track(&self) -> Option<Track> {
+        let v = minor_of(&self.version);
+        if v == minor_of(CURRENT) {
+            Some(Track::Current)
+        } else if v == minor_of(PREVIOUS) {
+            Some(Track::Previous)
+        } else {
+            None
+        }
+    }
+}
+
+/// The minor version track a full version is on: "0.2.0" -> "0.2".
+pub fn minor_of(version: &str) -> &str {
+    match version.match_indices('.').nth(1) {
+        Some((i, _)) => &version[..i],
+        None => version,
+    }
+}
+
+/// Folds a multi-line error into one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn engine_config(pooling: bool) -> Config {
@@ -223,6 +388,18 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// The first line of a wasmtime message, which can go on to dump bytes
+/// ("bad magic number - expected=[\n 0x0, ..."): a load error is one line
+/// in a log, `check` and `/admin/plugins`.
+fn first_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default().trim_end();
+    let first = match first.rfind(" - ") {
+        Some(i) if first.ends_with(['[', '{', '(']) => &first[..i],
+        _ => first,
+    };
+    first.trim_end_matches([':', ' ']).to_string()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -233,4 +410,21 @@ pub fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn load_errors_keep_their_first_useful_line() {
+        assert_eq!(
+            first_line("failed to parse WebAssembly module: magic header not detected: bad magic number - expected=[\n    0x0,\n    0x61,\n]"),
+            "failed to parse WebAssembly module: magic header not detected: bad magic number"
+        );
+        assert_eq!(
+            first_line("unexpected end-of-file (at offset 0x8)"),
+            "unexpected end-of-file (at offset 0x8)"
+        );
+    }
 }

@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 
+use super::bindings::{CURRENT, PREVIOUS};
 use super::calls::CallError;
+use super::engine::minor_of;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum PluginError {
-    #[error("cannot read {}: {reason}", path.display())]
+    #[error("cannot read {}: {reason}", crate::config::resolved(path))]
     Read { path: PathBuf, reason: String },
     #[error("is a core WebAssembly module, not a component: build for wasm32-wasip2 (see plugins/README.md)")]
     CoreModule,
@@ -17,8 +19,16 @@ pub enum PluginError {
     /// The host could not link the component's imports.
     #[error("linking: {0}")]
     Link(String),
-    #[error("does not implement world {world} of profile-edge:policy@0.1.0 (built for another world or WIT version?): {reason}")]
+    #[error("does not implement world {world}: {reason}")]
     WrongWorld { world: &'static str, reason: String },
+    /// Built for a WIT version this proxy does not accept.
+    #[error("{}", wrong_version(world, built_for))]
+    WrongVersion {
+        /// The world it exports, when it exports one.
+        world: Option<&'static str>,
+        /// The version it was built for ("" when its names carry none).
+        built_for: String,
+    },
     #[error("failed its smoke test: {0}")]
     SmokeTest(CallError),
     #[error("failed its smoke test: output is not JSON: {0}")]
@@ -30,4 +40,20 @@ pub enum PluginError {
     Task(String),
     #[error("no [plugins.{0}] section")]
     NotConfigured(String),
+}
+
+/// One line naming the version a component was built for and the ones
+/// this proxy accepts.
+fn wrong_version(world: &Option<&'static str>, built_for: &str) -> String {
+    let built = match (world, built_for) {
+        (Some(w), "") => format!("world {w} of profile-edge:policy without a version"),
+        (Some(w), v) => format!("world {w} of profile-edge:policy@{v}"),
+        (None, "") => "profile-edge:policy without a version".to_string(),
+        (None, v) => format!("profile-edge:policy@{v}"),
+    };
+    format!(
+        "is built for {built}; this proxy accepts @{} (current) and @{} (previous): rebuild it against plugins/wit",
+        minor_of(CURRENT),
+        minor_of(PREVIOUS)
+    )
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use wasmtime::StoreLimits;
 
 use super::bindings::enrich::profile_edge::policy::host;
-use super::bindings::Level;
+use super::bindings::previous::enrich::profile_edge::policy::host as previous_host;
+use super::bindings::{CallInfo, CallKind, Level};
 
 /// Log lines a plugin may write per second; more are dropped and counted.
 const LOG_LINES_PER_SEC: u64 = 100;
@@ -146,10 +147,39 @@ pub fn level_str(level: Level) -> &'static str {
 pub struct HostState {
     pub(super) limits: StoreLimits,
     pub(super) ctx: Arc<PluginContext>,
+    /// What `host.request()` answers; `None` for a guest of the previous
+    /// WIT version, which cannot ask.
+    pub(super) call: Option<CallInfo>,
 }
 
 impl host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        self.ctx.emit("log", level, &message);
+    }
+
+    fn config(&mut self) -> String {
+        self.ctx.config_json.clone()
+    }
+
+    fn request(&mut self) -> CallInfo {
+        self.call.clone().unwrap_or(CallInfo {
+            kind: CallKind::Response,
+            path: String::new(),
+            route: String::new(),
+        })
+    }
+}
+
+/// The previous WIT version's `host`: the same functions, minus `request`.
+impl previous_host::Host for HostState {
+    fn log(&mut self, level: previous_host::Level, message: String) {
+        let level = match level {
+            previous_host::Level::Trace => Level::Trace,
+            previous_host::Level::Debug => Level::Debug,
+            previous_host::Level::Info => Level::Info,
+            previous_host::Level::Warn => Level::Warn,
+            previous_host::Level::Error => Level::Error,
+        };
         self.ctx.emit("log", level, &message);
     }
 

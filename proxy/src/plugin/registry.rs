@@ -14,8 +14,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use serde_json::json;
 
-use super::bindings::{Action, Profile};
-use super::calls::{CallError, Limits, World};
+use super::bindings::{Action, CallInfo, Profile};
+use super::calls::{CallError, Limits, World, SMOKE_PATH};
 use super::engine::{read, PluginRuntime, Prepared};
 use super::error::PluginError;
 use super::host::PluginContext;
@@ -23,6 +23,9 @@ use crate::config::{Config, PluginConfig};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::reload::ConfigDiff;
+use outcomes::Outcomes;
+
+mod outcomes;
 
 /// The canned input of the smoke test. A policy must handle it without
 /// error before it serves.
@@ -46,6 +49,9 @@ pub struct LoadedPlugin {
     runtime: Arc<PluginRuntime>,
     /// Set once the smoke test passed: smoke-test calls are not traffic.
     meters: Option<Meters>,
+    /// What this version did with traffic, for `/admin/plugins` and the
+    /// failure log's rate limit.
+    outcomes: Outcomes,
 }
 
 /// The plugin's metric series, resolved once.
@@ -86,40 +92,68 @@ impl LoadedPlugin {
         self.prepared.world()
     }
 
+    /// The `profile-edge:policy` version it was built for.
+    pub fn wit_version(&self) -> &'static str {
+        self.prepared.wit_version()
+    }
+
     fn call<T>(&self, f: impl FnOnce() -> Result<T, CallError>) -> Result<T, CallError> {
         let started = Instant::now();
         let r = f();
-        if let Some(m) = &self.meters {
-            m.record(started, &r);
-        }
-        if let Err(e) = &r {
-            tracing::warn!(plugin = %self.name, outcome = e.outcome(), error = %e, "policy call failed");
+        // Smoke-test calls (before the meters are set) are not traffic: a
+        // failing one is reported by the load that ran it.
+        let Some(m) = &self.meters else {
+            return r;
+        };
+        m.record(started, &r);
+        if let (Some(suppressed), Err(e)) = (self.outcomes.record(&r), &r) {
+            // One line, however the guest's message is shaped.
+            let error = e.to_string().replace(['\n', '\r'], " ");
+            tracing::warn!(plugin = %self.name, outcome = e.outcome(), suppressed, %error,
+                "policy call failed (at most one line per plugin every 10s; `suppressed` counts the failures since the last)");
         }
         r
     }
 
-    pub fn needed_ids(&self, body: &str) -> Result<Vec<String>, CallError> {
-        let Prepared::Enrich(pre) = &self.prepared else {
+    /// `needed-ids`; `call` is what the policy is called for.
+    pub fn needed_ids(&self, call: &CallInfo, body: &str) -> Result<Vec<String>, CallError> {
+        if self.world() != World::Enrich {
             return Err(CallError::Error("not an enrichment policy".into()));
-        };
-        self.call(|| self.runtime.needed_ids(pre, &self.ctx, &self.limits, body))
-    }
-
-    pub fn enrich(&self, body: &str, profiles: &[Profile]) -> Result<String, CallError> {
-        let Prepared::Enrich(pre) = &self.prepared else {
-            return Err(CallError::Error("not an enrichment policy".into()));
-        };
+        }
+        let p = &self.prepared;
         self.call(|| {
             self.runtime
-                .enrich(pre, &self.ctx, &self.limits, body, profiles)
+                .needed_ids(p, &self.ctx, &self.limits, call, body)
         })
     }
 
-    pub fn on_event(&self, event: &str) -> Result<Vec<Action>, CallError> {
-        let Prepared::Invalidate(pre) = &self.prepared else {
+    /// `enrich`; `call` is what the policy is called for.
+    pub fn enrich(
+        &self,
+        call: &CallInfo,
+        body: &str,
+        profiles: &[Profile],
+    ) -> Result<String, CallError> {
+        if self.world() != World::Enrich {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        }
+        let p = &self.prepared;
+        self.call(|| {
+            self.runtime
+                .enrich(p, &self.ctx, &self.limits, call, body, profiles)
+        })
+    }
+
+    /// `on-event`; `call` is what the policy is called for.
+    pub fn on_event(&self, call: &CallInfo, event: &str) -> Result<Vec<Action>, CallError> {
+        if self.world() != World::Invalidate {
             return Err(CallError::Error("not an invalidation policy".into()));
-        };
-        self.call(|| self.runtime.on_event(pre, &self.ctx, &self.limits, event))
+        }
+        let p = &self.prepared;
+        self.call(|| {
+            self.runtime
+                .on_event(p, &self.ctx, &self.limits, call, event)
+        })
     }
 
     /// Runs the canned input through the policy; the output must be usable.
@@ -127,7 +161,8 @@ impl LoadedPlugin {
         let fail = PluginError::SmokeTest;
         match self.world() {
             World::Enrich => {
-                let ids = self.needed_ids(SMOKE_BODY).map_err(fail)?;
+                let call = CallInfo::response(SMOKE_PATH, "");
+                let ids = self.needed_ids(&call, SMOKE_BODY).map_err(fail)?;
                 let profiles: Vec<Profile> = ids
                     .iter()
                     .map(|id| Profile {
@@ -136,12 +171,13 @@ impl LoadedPlugin {
                             .to_string(),
                     })
                     .collect();
-                let out = self.enrich(SMOKE_BODY, &profiles).map_err(fail)?;
+                let out = self.enrich(&call, SMOKE_BODY, &profiles).map_err(fail)?;
                 serde_json::from_str::<serde::de::IgnoredAny>(&out)
                     .map_err(|e| PluginError::SmokeOutput(e.to_string()))?;
             }
             World::Invalidate => {
-                self.on_event(SMOKE_EVENT).map_err(fail)?;
+                self.on_event(&CallInfo::event(), SMOKE_EVENT)
+                    .map_err(fail)?;
             }
         }
         Ok(())
@@ -304,10 +340,15 @@ impl Plugins {
     }
 
     fn loaded_ok(&self, p: &LoadedPlugin, counted: bool) {
-        tracing::info!(plugin = %p.name, world = p.world().as_str(), sha256 = %p.sha256,
+        tracing::info!(plugin = %p.name, world = p.world().as_str(), wit_version = p.wit_version(), sha256 = %p.sha256,
             path = %p.path.display(), "plugin loaded");
         if counted {
             self.metrics.reload("plugin", true);
+        }
+        // A good load settles the last failed one: the error described a
+        // file that no longer serves.
+        if let Ok(mut st) = self.status.lock() {
+            st.remove(&p.name);
         }
     }
 
@@ -393,16 +434,20 @@ impl Plugins {
             .map(|(name, w)| {
                 let p = loaded.get(name);
                 let st = status.get(name).cloned().unwrap_or_default();
+                let (calls, last_call_error) = p.map(|p| p.outcomes.json()).unzip();
                 json!({
                     "name": name,
                     "path": w.cfg.path.display().to_string(),
                     "world": p.map(|p| p.world().as_str()).or(w.world.map(World::as_str)),
+                    "wit_version": p.map(|p| p.wit_version()),
                     "loaded": p.is_some(),
                     "sha256": p.map(|p| p.sha256.clone()),
                     "loaded_at": p.map(|p| rfc3339(p.loaded_at)),
                     "last_error": st.last_error,
                     "last_error_at": st.last_error_at.map(rfc3339),
                     "log_lines_dropped": p.map(|p| p.ctx.logs_dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                    "calls": calls,
+                    "last_call_error": last_call_error,
                 })
             })
             .collect();
@@ -478,10 +523,14 @@ fn load_plugin(
     let bytes = read(&cfg.path)?;
     let (prepared, sha256) = match world {
         Some(w) => runtime.prepare(&bytes, w)?,
-        // Not used by any route yet: accept either world.
+        // Not used by any route yet: accept either world (a version this
+        // proxy does not accept is refused as such, whatever the world).
         None => runtime
             .prepare(&bytes, World::Enrich)
-            .or_else(|_| runtime.prepare(&bytes, World::Invalidate))?,
+            .or_else(|e| match e {
+                PluginError::WrongVersion { .. } => Err(e),
+                _ => runtime.prepare(&bytes, World::Invalidate),
+            })?,
     };
     let config_json = serde_json::to_string(&cfg.config).unwrap_or_else(|_| "{}".into());
     let mut plugin = LoadedPlugin {
@@ -500,6 +549,7 @@ fn load_plugin(
         },
         runtime: runtime.clone(),
         meters: None,
+        outcomes: Outcomes::default(),
     };
     plugin.smoke_test()?;
     plugin.limits.deadline = cfg.deadline.get();

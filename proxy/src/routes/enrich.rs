@@ -20,7 +20,7 @@ use crate::config::{EnrichRoute, OnError};
 use crate::http::body::{self, Body, BoxError};
 use crate::http::error::ProxyError;
 use crate::http::server::ConnInfo;
-use crate::plugin::bindings::Profile;
+use crate::plugin::bindings::{CallInfo, Profile};
 use crate::plugin::registry::LoadedPlugin;
 use crate::routes::passthrough;
 use crate::state::{Runtime, State};
@@ -39,6 +39,9 @@ pub async fn handle(
         ))
     })?;
     let head = req.method() == Method::HEAD;
+    // What the policy is told about its call (`host.request()`).
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let call = CallInfo::response(path, &route.path_prefix);
     let idle = rt.config.server.body_read_timeout.get();
     let resp = passthrough::forward(req, conn, upstream, &state.metrics, None, idle).await?;
     let limit = route.max_body_size.as_usize();
@@ -46,10 +49,10 @@ pub async fn handle(
         return Ok(resp);
     }
     if sse::is_event_stream(resp.status(), resp.headers()) {
-        return Ok(sse::relay(resp, &route.plugin, limit, state));
+        return Ok(sse::relay(resp, &route.plugin, call, limit, state));
     }
     if !enrichable(resp.status(), resp.headers(), limit) {
-        return Ok(resp);
+        return Ok(marked(resp, Enrichment::Skipped, state));
     }
     let (mut parts, body) = resp.into_parts();
     // The upstream timeout covers the head; reading the body to enrich it
@@ -62,7 +65,10 @@ pub async fn handle(
         })?;
     let bytes = match read {
         Read::Whole(b) => b,
-        Read::TooBig(body) => return Ok(Response::from_parts(parts, body)),
+        Read::TooBig(body) => {
+            let resp = Response::from_parts(parts, body);
+            return Ok(marked(resp, Enrichment::Skipped, state));
+        }
         Read::Failed(e) => {
             return Err(ProxyError::BadGateway {
                 upstream: route.upstream.clone(),
@@ -81,7 +87,7 @@ pub async fn handle(
         .plugins
         .get(&route.plugin)
         .map_or(OnError::Open, |p| p.on_error);
-    match enrich_body(plugin, &route.plugin, &bytes, state).await {
+    match enrich_body(plugin, &route.plugin, &call, &bytes, state).await {
         Ok(new) => {
             // The body changed: validators of the old one must not survive.
             parts.headers.remove(header::ETAG);
@@ -89,16 +95,57 @@ pub async fn handle(
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
-            Ok(Response::from_parts(parts, body::full(new)))
+            let resp = Response::from_parts(parts, body::full(new));
+            Ok(marked(resp, Enrichment::Ok, state))
         }
-        Err(reason) => match on_error {
-            OnError::Open => Ok(Response::from_parts(parts, body::full(bytes))),
-            OnError::Closed => Err(ProxyError::BadGateway {
-                upstream: format!("policy {}", route.plugin),
-                detail: reason,
-            }),
-        },
+        Err(reason) => {
+            let resp = match on_error {
+                OnError::Open => Response::from_parts(parts, body::full(bytes)),
+                OnError::Closed => ProxyError::BadGateway {
+                    upstream: format!("policy {}", route.plugin),
+                    detail: reason,
+                }
+                .into_response(),
+            };
+            Ok(marked(resp, Enrichment::Failed, state))
+        }
     }
+}
+
+/// What happened to an answer of an enriched route: the `x-enrichment`
+/// header's value and the `outcome` of `profile_edge_enriched_responses_total`.
+/// Without it a client could not tell a body the policy failed on (served
+/// unenriched under `on_error = "open"`) from an enriched one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enrichment {
+    Ok,
+    /// The policy failed (error, trap, timeout, not JSON, not loaded).
+    Failed,
+    /// Not for the policy: non-2xx, not JSON, compressed or over size.
+    Skipped,
+}
+
+impl Enrichment {
+    fn as_str(self) -> &'static str {
+        match self {
+            Enrichment::Ok => "ok",
+            Enrichment::Failed => "failed",
+            Enrichment::Skipped => "skipped",
+        }
+    }
+}
+
+static X_ENRICHMENT: header::HeaderName = header::HeaderName::from_static("x-enrichment");
+
+fn marked(mut resp: Response<Body>, e: Enrichment, state: &State) -> Response<Body> {
+    state
+        .metrics
+        .enriched_responses
+        .with_label_values(&[e.as_str()])
+        .inc();
+    resp.headers_mut()
+        .insert(X_ENRICHMENT.clone(), HeaderValue::from_static(e.as_str()));
+    resp
 }
 
 /// Whether an answer is one the policy should see.
@@ -166,17 +213,21 @@ async fn read_up_to(body: Body, limit: usize) -> Read {
 
 /// Runs the policy over a body; any failure is a reason string for the
 /// `on_error` decision (the outcome is already counted by the plugin).
+/// `call` is what the policy is told it is called for.
 pub(crate) async fn enrich_body(
     plugin: Option<Arc<LoadedPlugin>>,
     name: &str,
+    call: &CallInfo,
     bytes: &Bytes,
     state: &State,
 ) -> Result<Bytes, String> {
     let plugin = plugin.ok_or_else(|| format!("policy {name} is not loaded"))?;
     let text = std::str::from_utf8(bytes).map_err(|e| format!("answer is not UTF-8: {e}"))?;
-    let wanted = plugin.needed_ids(text).map_err(|e| e.to_string())?;
+    let wanted = plugin.needed_ids(call, text).map_err(|e| e.to_string())?;
     let profiles = lookup(state, wanted).await;
-    let out = plugin.enrich(text, &profiles).map_err(|e| e.to_string())?;
+    let out = plugin
+        .enrich(call, text, &profiles)
+        .map_err(|e| e.to_string())?;
     serde_json::from_str::<serde::de::IgnoredAny>(&out)
         .map_err(|e| format!("policy {name} returned a body that is not JSON: {e}"))?;
     Ok(Bytes::from(out))

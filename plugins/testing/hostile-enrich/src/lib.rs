@@ -5,7 +5,9 @@
 //! `spin` (endless loop), `hog` (allocates without end), `trap` (panics),
 //! `error` (returns an error), `leak` (counts calls in a global and
 //! reports the count: always 1 if every call gets a fresh instance),
-//! `log-flood` (logs far past the rate limit), anything else behaves.
+//! `log-flood` (logs far past the rate limit), `call-info` (writes what
+//! `host.request()` answers into the body as `callInfo`), anything else
+//! behaves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -14,7 +16,7 @@ use serde_json::Value;
 wit_bindgen::generate!({ world: "enrich-policy", path: "../../wit" });
 
 use exports::profile_edge::policy::enricher::Guest;
-use profile_edge::policy::host::{config, log, Level};
+use profile_edge::policy::host::{config, log, request, CallKind, Level};
 use profile_edge::policy::types::Profile;
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -71,6 +73,21 @@ impl Guest for Policy {
             let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             if let Some(o) = v.as_object_mut() {
                 o.insert("policyCalls".into(), Value::from(n));
+            }
+            return serde_json::to_string(&v).map_err(|e| e.to_string());
+        }
+        if mode() == "call-info" {
+            let call = request();
+            let kind = match call.kind {
+                CallKind::Response => "response",
+                CallKind::Notification => "notification",
+                CallKind::Event => "event",
+            };
+            let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if let Some(o) = v.as_object_mut() {
+                let info =
+                    serde_json::json!({"kind": kind, "path": call.path, "route": call.route});
+                o.insert("callInfo".into(), info);
             }
             return serde_json::to_string(&v).map_err(|e| e.to_string());
         }

@@ -3,7 +3,7 @@
 
 wit_bindgen::generate!({
     inline: r#"
-        package profile-edge:policy@0.2.0;
+        package profile-edge:policy@0.0.9;
         interface enricher {
             needed-ids: func(body: string) -> result<list<string>, string>;
             enrich: func(body: string, profiles: list<string>) -> result<string, string>;

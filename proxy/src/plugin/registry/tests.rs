@@ -10,6 +10,7 @@ use super::Plugins;
 use crate::config::Config;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
+use crate::plugin::bindings::CallInfo;
 use crate::plugin::calls::World;
 use crate::plugin::error::PluginError;
 use crate::reload::ConfigDiff;
@@ -135,4 +136,59 @@ async fn a_changed_file_is_swapped_in_by_reload_changed() {
     assert!(Arc::ptr_eq(&before, &plugins.get("feed").expect("same")));
     plugins.stop_watching();
     tasks.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A config whose enrich route uses plugin `feed` at `path` with the
+/// given `config` table (TOML inline table).
+fn config_with(path: &Path, table: &str) -> Config {
+    let text = format!(
+        "[upstreams.officer]\nurl = \"http://127.0.0.1:9\"\n\n[plugins.feed]\npath = \"{}\"\nconfig = {table}\n\n\
+         [[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"officer\"\nplugin = \"feed\"\n",
+        path.display()
+    );
+    Config::parse(&text, "t.toml").expect("valid config")
+}
+
+#[test]
+fn a_current_guest_is_told_each_kind_of_call() {
+    let c = config_with(
+        &dist("testing/hostile_enrich.wasm"),
+        r#"{ mode = "call-info" }"#,
+    );
+    let p = super::load_for_bench(&c, "feed").expect("loads");
+    assert_eq!(p.wit_version(), "0.2.0");
+    for (call, kind) in [
+        (
+            CallInfo::response("/api/posts?x=1", "/api/posts"),
+            "response",
+        ),
+        (CallInfo::notification(), "notification"),
+        (CallInfo::event(), "event"),
+    ] {
+        let out = p.enrich(&call, r#"{"posts":[]}"#, &[]).expect("enriches");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["callInfo"]["kind"], kind, "{out}");
+        assert_eq!(v["callInfo"]["path"], call.path.as_str(), "{out}");
+        assert_eq!(v["callInfo"]["route"], call.route.as_str(), "{out}");
+    }
+}
+
+#[test]
+fn guests_of_the_previous_version_load_and_others_are_refused_by_version() {
+    let c = config_with(&dist("testing/previous_wit.wasm"), "{}");
+    let p = super::load_for_bench(&c, "feed").expect("loads");
+    assert_eq!((p.world(), p.wit_version()), (World::Enrich, "0.1.0"));
+
+    let c = config_with(&dist("testing/wrong_version.wasm"), "{}");
+    let err = super::load_for_bench(&c, "feed").err().expect("refused");
+    assert!(
+        matches!(&err, PluginError::WrongVersion { built_for, world: Some("enrich-policy") } if built_for == "0.0.9"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(
+        msg.contains("@0.0.9; this proxy accepts @0.2 (current) and @0.1 (previous)"),
+        "{msg}"
+    );
 }

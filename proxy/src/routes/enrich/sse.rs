@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::enrich_body;
 use crate::http::body::{Body, BoxError};
+use crate::plugin::bindings::CallInfo;
 use crate::state::State;
 
 /// Whether an upstream answer is an event stream to relay event by event:
@@ -44,10 +45,12 @@ pub(super) fn is_event_stream(status: StatusCode, h: &HeaderMap) -> bool {
 /// An event over `limit` bytes is forwarded untouched as it arrives
 /// (`oversize`). The body ends when the upstream's ends, or at shutdown
 /// (`Notifications::closing`) after the event being written, so a drain
-/// does not wait on a stream that never ends.
+/// does not wait on a stream that never ends. Every event's policy call is
+/// told `call` (the stream's request).
 pub(super) fn relay(
     resp: Response<Body>,
     plugin: &str,
+    call: CallInfo,
     limit: usize,
     state: &Arc<State>,
 ) -> Response<Body> {
@@ -62,6 +65,7 @@ pub(super) fn relay(
         ready: VecDeque::new(),
         state: state.clone(),
         plugin: plugin.to_string(),
+        call,
         closing: Box::pin(state.notifications.closing().cancelled_owned()),
         ended: false,
         span: tracing::debug_span!("sse_enrich", plugin = %plugin, limit),
@@ -82,6 +86,7 @@ struct Relay {
     ready: VecDeque<Piece>,
     state: Arc<State>,
     plugin: String,
+    call: CallInfo,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
     span: tracing::Span,
@@ -149,7 +154,8 @@ impl Relay {
             return raw;
         };
         let plugin = self.state.plugins.get(&self.plugin);
-        match enrich_body(plugin, &self.plugin, &Bytes::from(data), &self.state).await {
+        let data = Bytes::from(data);
+        match enrich_body(plugin, &self.plugin, &self.call, &data, &self.state).await {
             Ok(new) => {
                 self.count("enriched");
                 with_data(&raw, &new)

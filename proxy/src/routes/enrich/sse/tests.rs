@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::{event_data, is_event_stream, relay, with_data, Piece, Splitter};
 use crate::http::body::{Body, BoxError};
+use crate::plugin::bindings::CallInfo;
 use crate::state::{Runtime, State};
 
 /// A stand-in policy: wraps JSON data as `{"enriched": <data>}`.
@@ -310,7 +311,14 @@ fn outcome(state: &State, outcome: &str) -> u64 {
 async fn the_relay_writes_each_event_before_the_next_arrives_and_ends_at_shutdown() {
     let state = state();
     let (tx, resp) = upstream();
-    let (parts, mut body) = relay(resp, "feed", 1024, &state).into_parts();
+    let (parts, mut body) = relay(
+        resp,
+        "feed",
+        CallInfo::response("/feed", "/feed"),
+        1024,
+        &state,
+    )
+    .into_parts();
     assert!(parts.headers.get(header::ETAG).is_none(), "old validator");
     assert_eq!(parts.headers[header::CACHE_CONTROL], "no-cache");
 
@@ -337,7 +345,14 @@ async fn the_relay_writes_each_event_before_the_next_arrives_and_ends_at_shutdow
 async fn the_relay_ends_with_its_upstream_and_passes_on_its_errors() {
     let state = state();
     let (tx, resp) = upstream();
-    let mut body = relay(resp, "feed", 1024, &state).into_body();
+    let mut body = relay(
+        resp,
+        "feed",
+        CallInfo::response("/feed", "/feed"),
+        1024,
+        &state,
+    )
+    .into_body();
     tx.send(Ok(Bytes::from_static(b"data: x\n\ndata: cut")))
         .expect("the relay reads");
     drop(tx);
@@ -347,7 +362,14 @@ async fn the_relay_ends_with_its_upstream_and_passes_on_its_errors() {
     assert_eq!(outcome(&state, "passed"), 2);
 
     let (tx, resp) = upstream();
-    let mut body = relay(resp, "feed", 1024, &state).into_body();
+    let mut body = relay(
+        resp,
+        "feed",
+        CallInfo::response("/feed", "/feed"),
+        1024,
+        &state,
+    )
+    .into_body();
     tx.send(Err("upstream reset".into()))
         .expect("the relay reads");
     let err = body.frame().await.expect("a frame").expect_err("an error");
