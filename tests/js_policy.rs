@@ -8,7 +8,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -102,7 +102,7 @@ async fn proxy_with(
     sim: &SimOrigin,
     awkward: SocketAddr,
     name: &str,
-    path: &PathBuf,
+    path: &Path,
 ) -> profile_edge::App {
     start_proxy(&profile_config(
         &sim.officer_url(),
