@@ -391,6 +391,189 @@ async fn log_floods_are_rate_limited() {
     app.shutdown().await;
 }
 
+/// Runs the binary with the hostile fixture in `mode` as `feed`, logging
+/// JSON to a file, makes one feed request (enrichment on), and answers the
+/// log's lines that carry `plugin = "feed"` once the process has stopped,
+/// and `feed` in `GET /admin/plugins` after the request.
+async fn feed_log_lines(sim: &SimOrigin, mode: &str) -> (Vec<Value>, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let main: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let section = plugin_at(
+        &wasm("testing/hostile_enrich.wasm"),
+        &format!("{}config = {{ mode = \"{mode}\" }}\n", roomy()),
+    );
+    let text = config_text_at(
+        &sim.officer_url(),
+        &main.to_string(),
+        &admin.to_string(),
+        &format!(
+            "[log]\nformat = \"json\"\nlevel = \"info\"\n\n[upstreams.posts]\nurl = \"{}\"\n\n\
+             [plugins.feed]\n{section}\n[[enrich]]\npath_prefix = \"/api/posts\"\nupstream = \"posts\"\nplugin = \"feed\"\n",
+            sim.posts_url()
+        ),
+    );
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut proc = spawn_binary_logging_to(&path, admin, std::process::Stdio::from(file)).await;
+    let (status, _, _) = get(&client(), &format!("http://{main}/api/posts?limit=3")).await;
+    assert_eq!(status, StatusCode::OK, "{mode}");
+    let (_, _, list) = get(&client(), &format!("http://{admin}/admin/plugins")).await;
+    let feed = json(&list)["plugins"][0].clone();
+    // The guest's lines are written before the answer goes out; stopping
+    // the process makes sure they are all on disk before reading.
+    proc.0.kill().unwrap();
+    proc.0.wait().unwrap();
+    let lines = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["plugin"] == "feed")
+        .collect();
+    (lines, feed)
+}
+
+#[tokio::test]
+async fn what_a_guest_prints_is_in_the_log_tagged_with_the_plugin() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let (lines, _) = feed_log_lines(&sim, "print").await;
+    let said = |source: &str, level: &str, message: &str| {
+        lines.iter().any(|l| {
+            l["fields"]["source"] == source
+                && l["level"] == level
+                && l["fields"]["message"] == message
+        })
+    };
+    assert!(
+        said("stdout", "INFO", "hostile policy says hello on stdout"),
+        "{lines:#?}"
+    );
+    assert!(
+        said("stderr", "WARN", "hostile policy says hello on stderr"),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_panic_message_is_the_cause_in_the_log_and_admin_plugins() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let (lines, feed) = feed_log_lines(&sim, "trap").await;
+    // The failed call, with the panic message first, on one line.
+    let failure = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("policy call failed"))
+        })
+        .unwrap_or_else(|| panic!("no failed call in {lines:#?}"));
+    assert_eq!(failure["fields"]["outcome"], "trap");
+    let error = failure["fields"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("policy trapped: panicked at testing/hostile-enrich/src/lib.rs:")
+            && error.contains(": hostile policy traps on purpose (wasm backtrace: "),
+        "{error}"
+    );
+    // The same reason in /admin/plugins.
+    assert_eq!(feed["last_call_error"]["outcome"], "trap", "{feed}");
+    assert_eq!(feed["last_call_error"]["message"], error, "{feed}");
+    // Not a second time as guest stderr lines: failures are logged
+    // bounded (see tests/plugin_failures.rs), and the cause carries it.
+    assert!(
+        !lines.iter().any(|l| l["fields"]["source"] == "stderr"),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_panic_at_load_is_shown_in_admin_plugins_and_by_check() {
+    let sim = sim_origin(10, Duration::from_millis(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("feed.wasm");
+    std::fs::copy(wasm("enrich_posts.wasm"), &plugin).unwrap();
+    let path = dir.path().join("edge.toml");
+    let text = enrich_config(
+        &sim,
+        &plugin_at(
+            &plugin,
+            &format!("{}config = {{ mode = \"trap-at-load\" }}\n", roomy()),
+        ),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let app = start_proxy_from_file(&path).await;
+    // A new build that panics on the smoke test replaces the good one.
+    let next = dir.path().join(".feed.wasm.tmp");
+    std::fs::copy(wasm("testing/hostile_enrich.wasm"), &next).unwrap();
+    std::fs::rename(&next, &plugin).unwrap();
+    let c = client();
+    let list = format!("http://{}/admin/plugins", app.admin_addr());
+    let reload = format!("http://{}/admin/reload", app.admin_addr());
+    send(&c, Method::POST, &reload, &[], "").await;
+    let last_error = || async {
+        let (_, _, body) = get(&c, &list).await;
+        json(&body)["plugins"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_until("the rejected swap in /admin/plugins", || async {
+        !last_error().await.is_empty()
+    })
+    .await;
+    let last_error = last_error().await;
+    assert!(
+        last_error.contains(
+            "failed its smoke test: policy trapped: panicked at testing/hostile-enrich/src/lib.rs:"
+        ) && last_error.contains(": hostile policy refuses to load (wasm backtrace: "),
+        "{last_error}"
+    );
+    assert!(!last_error.contains('\n'), "{last_error}");
+    // The good version keeps serving.
+    let (status, _, body) = get(&c, &format!("http://{}/api/posts?limit=3", app.main_addr())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(snapshots(&json(&body)).iter().all(Value::is_object));
+    app.shutdown().await;
+
+    // `check` says the same about the file.
+    std::fs::write(&path, text).unwrap();
+    let out = run_check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("plugins.feed.path")
+            && stderr.contains("panicked at testing/hostile-enrich/src/lib.rs:")
+            && stderr.contains("hostile policy refuses to load"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_guest_reads_the_clocks_and_random_bytes() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let app = hostile(&sim, "clock", "closed").await;
+    let c = client();
+    let feed = format!("http://{}/api/posts?limit=3", app.main_addr());
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (status, _, body) = get(&c, &feed).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.push(json(&body)["clock"].clone());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let unix = seen[0]["unixSeconds"].as_u64().expect("unixSeconds");
+    assert!(unix.abs_diff(now) < 3600, "wall clock {unix}, host {now}");
+    assert_eq!(seen[0]["randomHex"].as_str().map(str::len), Some(32));
+    assert_ne!(seen[0]["randomHex"], seen[1]["randomHex"]);
+    let ok = "profile_edge_plugin_calls_total{outcome=\"ok\",plugin=\"feed\"}";
+    assert_eq!(metric(&c, app.admin_addr(), ok).await, 4.0);
+    app.shutdown().await;
+}
+
 /// How a component built for an unaccepted WIT version is refused.
 const WRONG_VERSION: &str = "is built for world enrich-policy of profile-edge:policy@0.0.9; \
      this proxy accepts @0.2 (current) and @0.1 (previous): rebuild it against plugins/wit";

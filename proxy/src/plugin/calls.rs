@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::Trap;
+use wasmtime::Store;
 
 use super::bindings::{Action, CallInfo, CallKind, Profile};
+use super::diagnose;
 use super::engine::{PluginRuntime, Prepared};
-use super::host::PluginContext;
+use super::host::{HostState, PluginContext};
 
 /// Which contract a component fulfils.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +36,8 @@ pub enum CallError {
     /// The policy returned an error (or output the proxy cannot use).
     #[error("policy error: {0}")]
     Error(String),
-    /// The policy trapped (panic, unreachable, memory cap, a forbidden import).
+    /// The policy trapped (panic, unreachable, memory cap, a forbidden
+    /// import): the cause first, then a trimmed wasm backtrace (`diagnose`).
     #[error("policy trapped: {0}")]
     Trap(String),
     /// The policy ran past its deadline.
@@ -103,24 +105,25 @@ impl PluginRuntime {
         call: &CallInfo,
         body: &str,
     ) -> Result<Vec<String>, CallError> {
-        let run = match pre {
+        match pre {
             Prepared::Enrich(pre) => {
                 let mut store = self.store(ctx, limits, Some(call));
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_enricher()
                         .call_needed_ids(&mut store, body)
-                })
+                });
+                finish(&store, run, limits)
             }
             Prepared::PreviousEnrich(pre) => {
                 let mut store = self.store(ctx, limits, None);
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_enricher()
                         .call_needed_ids(&mut store, body)
-                })
+                });
+                finish(&store, run, limits)
             }
-            _ => return Err(not_enrich()),
-        };
-        flatten(run, limits)
+            _ => Err(not_enrich()),
+        }
     }
 
     /// `enrich` on a fresh instance.
@@ -133,24 +136,25 @@ impl PluginRuntime {
         body: &str,
         profiles: &[Profile],
     ) -> Result<String, CallError> {
-        let run = match pre {
+        match pre {
             Prepared::Enrich(pre) => {
                 let mut store = self.store(ctx, limits, Some(call));
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_enricher()
                         .call_enrich(&mut store, body, profiles)
-                })
+                });
+                finish(&store, run, limits)
             }
             Prepared::PreviousEnrich(pre) => {
                 let mut store = self.store(ctx, limits, None);
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_enricher()
                         .call_enrich(&mut store, body, profiles)
-                })
+                });
+                finish(&store, run, limits)
             }
-            _ => return Err(not_enrich()),
-        };
-        flatten(run, limits)
+            _ => Err(not_enrich()),
+        }
     }
 
     /// `on-event` on a fresh instance.
@@ -162,24 +166,25 @@ impl PluginRuntime {
         call: &CallInfo,
         event: &str,
     ) -> Result<Vec<Action>, CallError> {
-        let run = match pre {
+        match pre {
             Prepared::Invalidate(pre) => {
                 let mut store = self.store(ctx, limits, Some(call));
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_invalidator()
                         .call_on_event(&mut store, event)
-                })
+                });
+                finish(&store, run, limits)
             }
             Prepared::PreviousInvalidate(pre) => {
                 let mut store = self.store(ctx, limits, None);
-                pre.instantiate(&mut store).and_then(|p| {
+                let run = pre.instantiate(&mut store).and_then(|p| {
                     p.profile_edge_policy_invalidator()
                         .call_on_event(&mut store, event)
-                })
+                });
+                finish(&store, run, limits)
             }
-            _ => return Err(CallError::Error("not an invalidation policy".into())),
-        };
-        flatten(run, limits)
+            _ => Err(CallError::Error("not an invalidation policy".into())),
+        }
     }
 }
 
@@ -187,16 +192,32 @@ fn not_enrich() -> CallError {
     CallError::Error("not an enrichment policy".into())
 }
 
-/// Maps wasmtime's nested result to a call outcome.
-fn flatten<T>(run: wasmtime::Result<Result<T, String>>, limits: &Limits) -> Result<T, CallError> {
-    match run {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(msg)) => Err(CallError::Error(msg.chars().take(512).collect())),
-        Err(e) => match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Err(CallError::Timeout(limits.deadline)),
-            _ => Err(CallError::Trap(
-                format!("{e:#}").chars().take(512).collect(),
-            )),
-        },
-    }
+/// Logs what the guest printed during the call (ok or not), then maps
+/// wasmtime's nested result to a call outcome. A trap whose cause quotes
+/// the call's stderr (a panic message) does not log that stderr again:
+/// the failure is logged once, bounded, by the registry.
+fn finish<T>(
+    store: &Store<HostState>,
+    run: wasmtime::Result<Result<T, String>>,
+    limits: &Limits,
+) -> Result<T, CallError> {
+    let state = store.data();
+    let (result, stderr_quoted) = match run {
+        Ok(Ok(v)) => (Ok(v), false),
+        Ok(Err(msg)) => (
+            Err(CallError::Error(msg.chars().take(512).collect())),
+            false,
+        ),
+        Err(e) => {
+            let (error, quoted) = diagnose::call_failure(
+                &e,
+                &state.output.stderr.text(),
+                limits,
+                state.limits.memory_exceeded,
+            );
+            (Err(error), quoted)
+        }
+    };
+    state.output.emit(&state.ctx, !stderr_quoted);
+    result
 }

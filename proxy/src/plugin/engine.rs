@@ -2,10 +2,10 @@
 //! compiled once per content hash, and calls that each get a fresh store and
 //! instance (from a pre-linked `InstancePre`) with an epoch deadline and a
 //! memory cap, so that a trap, an endless loop or leftover state can never
-//! reach another request. Guests see only the WIT `host` interface and a
-//! random seed for hash maps; every other import (the WASI interfaces a
-//! `wasm32-wasip2` guest's std pulls in) is linked to a trap, so no file,
-//! socket, environment or clock is reachable.
+//! reach another request. Guests see the WIT `host` interface and the
+//! small WASI of `wasi` (captured stdout/stderr, clocks, random, an empty
+//! environment); every other import is linked to a trap, so no file,
+//! socket, environment variable or timer is reachable.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +29,8 @@ use super::bindings::{CallInfo, CURRENT, PREVIOUS};
 use super::calls::{Limits, World};
 use super::error::PluginError;
 use super::host::{HostState, PluginContext};
+use super::limiter::CallLimiter;
+use super::wasi;
 
 /// The epoch ticks every millisecond; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -132,7 +134,7 @@ impl PluginRuntime {
         let sha = hex(&Sha256::digest(bytes));
         let component = self.compile(bytes, &sha)?;
         let mut linker = self.linker.clone();
-        self.define_hash_seed(&mut linker, &component)
+        wasi::define(&mut linker, &self.engine, &component)
             .map_err(|e| PluginError::Link(first_line(&format!("{e:#}"))))?;
         linker
             .define_unknown_imports_as_traps(&component)
@@ -216,31 +218,6 @@ impl PluginRuntime {
         }
     }
 
-    /// Rust's std on `wasm32-wasip2` seeds every `HashMap` from
-    /// `wasi:random/insecure-seed`; it is the one WASI function a policy
-    /// gets (whatever 0.2.x version it was built against), answered with a
-    /// host random seed. It reveals nothing and reaches nothing.
-    fn define_hash_seed(
-        &self,
-        linker: &mut Linker<HostState>,
-        component: &Component,
-    ) -> wasmtime::Result<()> {
-        let names: Vec<String> = component
-            .component_type()
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .filter(|name| name.starts_with("wasi:random/insecure-seed@0.2"))
-            .collect();
-        for name in names {
-            linker
-                .instance(&name)?
-                .func_wrap("insecure-seed", |_store, (): ()| {
-                    Ok(((rand::random::<u64>(), rand::random::<u64>()),))
-                })?;
-        }
-        Ok(())
-    }
-
     fn compile(&self, bytes: &[u8], sha: &str) -> Result<Component, PluginError> {
         if let Some(c) = self.compiled.lock().ok().and_then(|m| m.get(sha).cloned()) {
             return Ok(c);
@@ -271,14 +248,17 @@ impl PluginRuntime {
         call: Option<&CallInfo>,
     ) -> Store<HostState> {
         let state = HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory)
-                .instances(16)
-                .tables(16)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: CallLimiter::new(
+                StoreLimitsBuilder::new()
+                    .memory_size(limits.memory)
+                    .instances(16)
+                    .tables(16)
+                    .memories(4)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            ),
             ctx: ctx.clone(),
+            output: wasi::Output::default(),
             call: call.cloned(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
-
 use super::bindings::enrich::profile_edge::policy::host;
 use super::bindings::previous::enrich::profile_edge::policy::host as previous_host;
 use super::bindings::{CallInfo, CallKind, Level};
+use super::limiter::CallLimiter;
+use super::wasi;
 
 /// Log lines a plugin may write per second; more are dropped and counted.
 const LOG_LINES_PER_SEC: u64 = 100;
@@ -145,8 +145,10 @@ pub fn level_str(level: Level) -> &'static str {
 
 /// A store's data.
 pub struct HostState {
-    pub(super) limits: StoreLimits,
+    pub(super) limits: CallLimiter,
     pub(super) ctx: Arc<PluginContext>,
+    /// What the guest wrote to stdout and stderr in this call.
+    pub(super) output: wasi::Output,
     /// What `host.request()` answers; `None` for a guest of the previous
     /// WIT version, which cannot ask.
     pub(super) call: Option<CallInfo>,

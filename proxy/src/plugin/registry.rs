@@ -107,10 +107,11 @@ impl LoadedPlugin {
         };
         m.record(started, &r);
         if let (Some(suppressed), Err(e)) = (self.outcomes.record(&r), &r) {
-            // One line, however the guest's message is shaped.
+            // One line, however the guest's message is shaped; at most one
+            // per plugin version every 10 s, `suppressed` counting the rest.
             let error = e.to_string().replace(['\n', '\r'], " ");
             tracing::warn!(plugin = %self.name, outcome = e.outcome(), suppressed, %error,
-                "policy call failed (at most one line per plugin every 10s; `suppressed` counts the failures since the last)");
+                "policy call failed");
         }
         r
     }

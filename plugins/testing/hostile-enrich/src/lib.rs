@@ -6,10 +6,16 @@
 //! `error` (returns an error), `leak` (counts calls in a global and
 //! reports the count: always 1 if every call gets a fresh instance),
 //! `log-flood` (logs far past the rate limit), `call-info` (writes what
-//! `host.request()` answers into the body as `callInfo`), anything else
-//! behaves.
+//! `host.request()` answers into the body as `callInfo`), `print`
+//! (`println!` and `eprintln!`), `clock` (reads the clocks and random
+//! bytes, and writes them into the body), `files` (tries to read a file),
+//! `net` (tries to connect), `exit` (calls `std::process::exit`),
+//! `trap-at-load` (panics on every input, the smoke test's too); anything
+//! else behaves.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -31,8 +37,40 @@ fn mode() -> String {
         .to_string()
 }
 
+extern "C" {
+    /// wasi-libc's, over `wasi:random/random`: what C toolchains call.
+    fn getentropy(buf: *mut u8, len: usize) -> i32;
+}
+
+fn random_hex() -> Result<String, String> {
+    let mut buf = [0u8; 16];
+    // SAFETY: `buf` is valid for writes of its length (at most 256).
+    if unsafe { getentropy(buf.as_mut_ptr(), buf.len()) } != 0 {
+        return Err("getentropy failed".into());
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What `clock` mode writes into the body.
+fn clock() -> Result<Value, String> {
+    let started = Instant::now();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let mut seen: HashMap<&str, u64> = HashMap::new();
+    seen.insert("unixSeconds", unix.as_secs());
+    Ok(serde_json::json!({
+        "unixSeconds": seen["unixSeconds"],
+        "monotonicNanos": started.elapsed().as_nanos() as u64,
+        "randomHex": random_hex()?,
+    }))
+}
+
 fn misbehave(body: &str) -> Result<(), String> {
     if body.contains("profileEdgeSmokeTest") {
+        if mode() == "trap-at-load" {
+            panic!("hostile policy refuses to load");
+        }
         return Ok(());
     }
     match mode().as_str() {
@@ -49,7 +87,21 @@ fn misbehave(body: &str) -> Result<(), String> {
                 std::hint::black_box(&keep);
             }
         }
-        "trap" => panic!("hostile policy traps on purpose"),
+        "trap" | "trap-at-load" => panic!("hostile policy traps on purpose"),
+        "print" => {
+            println!("hostile policy says hello on stdout");
+            eprintln!("hostile policy says hello on stderr");
+            Ok(())
+        }
+        "files" => match std::fs::read_to_string("/etc/hostname") {
+            Ok(_) => Err("hostile policy read a file".into()),
+            Err(e) => Err(format!("hostile policy cannot read files: {e}")),
+        },
+        "net" => match std::net::TcpStream::connect("127.0.0.1:9") {
+            Ok(_) => Err("hostile policy connected".into()),
+            Err(e) => Err(format!("hostile policy cannot connect: {e}")),
+        },
+        "exit" => std::process::exit(3),
         "error" => Err("hostile policy refuses".into()),
         "log-flood" => {
             for i in 0..10_000 {
@@ -69,6 +121,13 @@ impl Guest for Policy {
 
     fn enrich(body: String, _profiles: Vec<Profile>) -> Result<String, String> {
         let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        if mode() == "clock" && !body.contains("profileEdgeSmokeTest") {
+            let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("clock".into(), clock()?);
+            }
+            return serde_json::to_string(&v).map_err(|e| e.to_string());
+        }
         if mode() == "leak" {
             let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             if let Some(o) = v.as_object_mut() {
