@@ -1,27 +1,39 @@
 #!/usr/bin/env bash
-# Builds every guest policy for wasm32-wasip2 (rustc emits a component
-# directly) and copies them where the proxy finds them: the shipped policies
-# to plugins/dist/, the test suite's misbehaving ones to plugins/dist/testing/.
+# Builds every guest policy of this workspace for wasm32-wasip2 (rustc emits
+# a component directly) and copies each one where the proxy finds it:
+# plugins/dist/<crate>.wasm, and the test suite's misbehaving ones (crates
+# under testing/) to plugins/dist/testing/. The crates are discovered (cargo
+# metadata: every cdylib member), so a new crate needs no edit here. A
+# crate named `my-feed` becomes `my_feed.wasm` (rustc writes `-` as `_`).
 set -euo pipefail
 cd "$(dirname "$0")"
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release --target wasm32-wasip2
-out=target/wasm32-wasip2/release
 mkdir -p dist/testing
-for name in enrich_posts invalidate_profile enrich_fields; do
-    cp "$out/$name.wasm" "dist/$name.wasm"
-    echo "plugins: dist/$name.wasm ($(wc -c < "dist/$name.wasm") bytes)"
+# One line per cdylib member: "<built file>\t<copy in dist/>".
+cargo metadata --format-version 1 --no-deps | python3 -c '
+import json, os, sys
+meta = json.load(sys.stdin)
+built = os.path.join(meta["target_directory"], "wasm32-wasip2", "release")
+for pkg in meta["packages"]:
+    if not any("cdylib" in t["crate_types"] for t in pkg["targets"]):
+        continue
+    rel = os.path.relpath(os.path.dirname(pkg["manifest_path"]), meta["workspace_root"])
+    dist = "dist/testing" if rel.split(os.sep)[0] == "testing" else "dist"
+    name = pkg["name"].replace("-", "_") + ".wasm"
+    print(os.path.join(built, name) + "\t" + os.path.join(dist, name))
+' | while IFS=$'\t' read -r src dst; do
+    # An unchanged file keeps its modification time, so that cargo does not
+    # rebuild the proxy, which embeds the shipped policies, for nothing.
+    cmp -s "$src" "$dst" || cp "$src" "$dst"
+    echo "plugins: $dst ($(wc -c < "$dst") bytes)"
 done
-for name in hostile_enrich hostile_invalidate wrong_version previous_wit; do
-    cp "$out/$name.wasm" "dist/testing/$name.wasm"
-done
-echo "plugins: test fixtures in dist/testing/"
 
 # The JavaScript example policy (js/enrich-posts), built with jco
 # componentize when node and npm are present. node_modules is kept between
 # runs (npm ci only when the lock changes), and the component is rebuilt
-# only when its sources, the WIT or the lock changed: componentizing takes
-# about a minute.
+# only when its sources, the WIT or the lock changed (componentizing takes
+# from seconds to a minute).
 js=js/enrich-posts
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     stamp=$(cat "$js/package.json" "$js/package-lock.json" "$js"/*.js wit/*.wit | sha256sum | cut -d' ' -f1)

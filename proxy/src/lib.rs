@@ -25,6 +25,7 @@ pub mod mongo;
 pub mod notifications;
 pub mod origin;
 pub mod plugin;
+pub mod plugin_cli;
 pub mod reload;
 pub mod routes;
 pub mod state;

@@ -1,4 +1,5 @@
-//! The `profile-edge` command line (README "Command line"): run, check, demo.
+//! The `profile-edge` command line (README "Command line"): run, check, demo,
+//! and the policy author's `plugin new|build|run`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use profile_edge::demo::{Demo, DemoOptions};
 use profile_edge::http::tls;
+use profile_edge::plugin_cli::PluginCommand;
 use profile_edge::{app, logging, App, Config};
 
 /// The config file when `--config` is not given (the demo has its own).
@@ -54,6 +56,11 @@ enum Command {
         #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
         latency: Duration,
     },
+    /// Write, build and try WebAssembly policies: new, build, run.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&config()),
+        Some(Command::Plugin { command }) => profile_edge::plugin_cli::main(command),
         None => run(config()),
         Some(Command::Demo {
             listen,

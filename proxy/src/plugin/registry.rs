@@ -6,7 +6,7 @@
 //! flight finish on the version they started with.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -564,6 +564,32 @@ pub fn check_plugin(config: &Config, name: &str, cfg: &PluginConfig) -> Result<W
     let metrics = Metrics::new();
     let meters = Meters::new(&metrics, name);
     load_plugin(&runtime, name, cfg, world_for(config, name), meters).map(|p| p.world())
+}
+
+/// Loads one plugin file outside a running proxy, for `profile-edge plugin
+/// run`: the same compile and type check against `world` as a load, the
+/// given limits, guest lines to `ctx` (a capturing one keeps them for the
+/// caller). No smoke test (the caller's input is the test) and no metrics.
+pub fn load_standalone(
+    path: &Path,
+    world: World,
+    limits: Limits,
+    ctx: Arc<PluginContext>,
+) -> Result<LoadedPlugin, PluginError> {
+    let runtime = PluginRuntime::global()?;
+    let (prepared, sha256) = runtime.prepare(&read(path)?, world)?;
+    Ok(LoadedPlugin {
+        name: ctx.name.clone(),
+        path: path.to_path_buf(),
+        sha256,
+        loaded_at: SystemTime::now(),
+        prepared,
+        ctx,
+        limits,
+        runtime,
+        meters: None,
+        outcomes: Outcomes::default(),
+    })
 }
 
 /// Loads one plugin outside a running proxy, for the `policy_cost` example.
