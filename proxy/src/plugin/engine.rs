@@ -119,6 +119,12 @@ impl PluginRuntime {
         }))
     }
 
+    /// The engine every policy runs on, for `examples/policy_cost.rs`,
+    /// which times instantiation and calls separately.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Compiles (or takes from the cache) a component and links it for
     /// `world`, of the current WIT version or else the previous one.
     /// Errors are written for the operator who deployed the file: a
