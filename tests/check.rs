@@ -7,21 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use support::*;
-
-/// A built plugin; fails loudly when the plugins were not built.
-fn wasm(rel: &str) -> PathBuf {
-    let p = repo_root().join("plugins/dist").join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh` (tests/run.sh does)",
-        p.display()
-    );
-    p
-}
 
 /// What one `check` run printed.
 struct Run {

@@ -10,33 +10,18 @@
 //! are quick; they take turns (`BUILDS`) instead of waiting on cargo's lock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
+use support::{repo_root, wasm};
 
 /// One guest build at a time.
 static BUILDS: Mutex<()> = Mutex::new(());
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A shipped or fixture component; fails loudly when the plugins were not built.
-fn dist(rel: &str) -> PathBuf {
-    let p = repo_root().join("plugins/dist").join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh` (tests/run.sh does)",
-        p.display()
-    );
-    p
-}
 
 fn target_dir() -> PathBuf {
     repo_root().join("target/plugin-template")
@@ -440,7 +425,7 @@ fn plugin_new_refuses_bad_names_and_folders_in_use() {
 #[test]
 fn plugin_run_on_a_shipped_policy_uses_the_built_in_samples() {
     let tmp = tempfile::tempdir().unwrap();
-    let (out, v) = run_json(tmp.path(), &dist("enrich_posts.wasm"), &[]);
+    let (out, v) = run_json(tmp.path(), &wasm("enrich_posts.wasm"), &[]);
     assert!(out.status.success(), "{v}");
     let ids = v["ids"].as_array().unwrap();
     assert_eq!(ids.len(), 2, "{v}");
@@ -450,7 +435,7 @@ fn plugin_run_on_a_shipped_policy_uses_the_built_in_samples() {
     // The body from stdin.
     let mut child = Command::new(env!("CARGO_BIN_EXE_profile-edge"))
         .args(["plugin", "run", "--json", "--deadline", "1s", "--body", "-"])
-        .arg(dist("enrich_posts.wasm"))
+        .arg(wasm("enrich_posts.wasm"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -472,7 +457,7 @@ fn plugin_run_on_a_shipped_policy_uses_the_built_in_samples() {
         "a single post: {v}"
     );
 
-    let (out, v) = run_json(tmp.path(), &dist("invalidate_profile.wasm"), &[]);
+    let (out, v) = run_json(tmp.path(), &wasm("invalidate_profile.wasm"), &[]);
     assert!(out.status.success(), "{v}");
     assert_eq!(
         v["actions"][0]["action"], "refresh",
@@ -503,14 +488,14 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
         "{e}"
     );
 
-    let invalidate = dist("invalidate_profile.wasm");
+    let invalidate = wasm("invalidate_profile.wasm");
     let e = refused(
         &run(&[invalidate.to_str().unwrap(), "--world", "enrich"]),
         "the wrong world",
     );
     assert!(e.contains("does not implement world enrich-policy"), "{e}");
 
-    let other_version = dist("testing/wrong_version.wasm");
+    let other_version = wasm("testing/wrong_version.wasm");
     let e = refused(
         &run(&[other_version.to_str().unwrap()]),
         "another WIT version",
@@ -520,7 +505,7 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
         "{e}"
     );
 
-    let enrich = dist("enrich_posts.wasm");
+    let enrich = wasm("enrich_posts.wasm");
     let e = refused(
         &run(&[enrich.to_str().unwrap(), "--deadline", "2s"]),
         "deadline",
@@ -550,7 +535,7 @@ fn plugin_run_refuses_what_the_proxy_would_refuse_in_one_line() {
 #[test]
 fn plugin_run_reports_a_trap_and_exits_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let hostile = dist("testing/hostile_enrich.wasm");
+    let hostile = wasm("testing/hostile_enrich.wasm");
     let (out, v) = run_json(
         tmp.path(),
         &hostile,

@@ -21,12 +21,7 @@ const REQUESTS: usize = 200;
 #[tokio::test]
 async fn a_policy_that_traps_only_on_real_traffic_is_visible_and_its_logs_are_bounded() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let wasm = repo_root().join("plugins/dist/testing/hostile_enrich.wasm");
-    assert!(
-        wasm.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        wasm.display()
-    );
+    let wasm = wasm("testing/hostile_enrich.wasm");
     let dir = tempfile::tempdir().unwrap();
     let main: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -117,7 +112,7 @@ async fn a_policy_that_traps_only_on_real_traffic_is_visible_and_its_logs_are_bo
 #[tokio::test]
 async fn enriched_and_passed_through_answers_say_so() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;
-    let wasm = repo_root().join("plugins/dist/enrich_posts.wasm");
+    let wasm = wasm("enrich_posts.wasm");
     let extra = format!(
         "[upstreams.posts]\nurl = \"{}\"\ntimeout = \"10s\"\n\n\
          [plugins.feed]\npath = \"{}\"\ndeadline = \"1s\"\n\n\

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,17 +14,6 @@ use http::{Method, StatusCode};
 use profile_edge::testkit::{user_id, SimOrigin};
 use serde_json::Value;
 use support::*;
-
-/// A built plugin; fails loudly when the plugins were not built.
-fn wasm(rel: &str) -> PathBuf {
-    let p = repo_root().join("plugins/dist").join(rel);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh` (tests/run.sh does)",
-        p.display()
-    );
-    p
-}
 
 /// Config with the sim as Officer and Posts, and one enrich route on
 /// `/api/posts` using plugin `feed`, whose section is `plugin` (TOML lines).

@@ -443,6 +443,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A component built from plugins/ (`rel` under `plugins/dist/`); fails
+/// loudly when the plugins were not built.
+pub fn wasm(rel: &str) -> PathBuf {
+    let p = repo_root().join("plugins/dist").join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash plugins/build.sh` (tests/run.sh does)",
+        p.display()
+    );
+    p
+}
+
 /// A free loopback port (for the binary, which is told its addresses).
 pub fn free_port() -> u16 {
     // The harness's registry: never a port handed to a Redis of this run.
