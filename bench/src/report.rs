@@ -281,6 +281,11 @@ pub struct RunInfo<'a> {
     pub total_seconds: f64,
 }
 
+/// Where the part of RESULTS.md that the bench program does not write
+/// begins; everything from it on survives a rewrite.
+const KEPT_MARKER: &str =
+    "<!-- Below: measured by other programs; the bench program keeps this part as it is. -->";
+
 pub fn write_results(path: &Path, m: &Machine, run: &RunInfo<'_>) -> Result<()> {
     let mut s = String::new();
     let _ = writeln!(s, "# profile-edge benchmark results\n");
@@ -365,6 +370,13 @@ pub fn write_results(path: &Path, m: &Machine, run: &RunInfo<'_>) -> Result<()> 
         }
         if !sec.notes.is_empty() {
             let _ = writeln!(s);
+        }
+    }
+    // Sections other programs measure (the `policy_cost` example) follow
+    // this marker; a bench run keeps them as they are.
+    if let Ok(old) = std::fs::read_to_string(path) {
+        if let Some(at) = old.find(KEPT_MARKER) {
+            let _ = writeln!(s, "{}", old[at..].trim_end());
         }
     }
     std::fs::write(path, s).with_context(|| format!("write {}", path.display()))
