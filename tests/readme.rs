@@ -454,3 +454,41 @@ fn the_readme_fuzz_script_checks_its_arguments() {
         );
     }
 }
+
+/// The `profile-edge plugin ...` lines of the README's command-line block,
+/// run as written, one after another, from an empty folder: the template
+/// builds, and the run of the built component on the sample feed succeeds.
+#[test]
+fn the_readme_plugin_commands_make_build_and_run_a_policy() {
+    let readme = readme();
+    let block = sh_block_after(&readme, "## Command line");
+    let lines: Vec<&str> = block
+        .iter()
+        .map(|l| without_comment(l))
+        .filter(|l| l.starts_with("profile-edge plugin"))
+        .collect();
+    assert_eq!(lines.len(), 3, "new, build and run: {lines:?}");
+    let dir = tempfile::tempdir().unwrap();
+    for line in lines {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let out = Command::new(bin())
+            .current_dir(dir.path())
+            // The guest crate gets its own target/ as a user's would; only
+            // the outer workspace's target must not leak into it.
+            .env_remove("CARGO_TARGET_DIR")
+            .args(&args)
+            .output()
+            .expect("running profile-edge plugin");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`{line}` failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[1] == "run" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("userSnapshot"), "{stdout}");
+        }
+    }
+}
