@@ -15,3 +15,18 @@ pub mod host;
 pub mod limiter;
 pub mod registry;
 pub mod wasi;
+
+/// A component built from plugins/ (`bash plugins/build.sh`), for the unit
+/// tests of this module's parts; fails loudly when it was not built.
+#[cfg(test)]
+pub(crate) fn dist(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash plugins/build.sh`",
+        p.display()
+    );
+    p
+}

@@ -2,7 +2,7 @@
 //! `plugins/build.sh`): loads, reuse across reloads, a rejected file that
 //! keeps the last good version, removal, and a swap on a file change.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +15,7 @@ use crate::plugin::calls::World;
 use crate::plugin::error::PluginError;
 use crate::reload::ConfigDiff;
 
-fn dist(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        p.display()
-    );
-    p
-}
+use crate::plugin::dist;
 
 /// A config whose enrich route uses plugin `feed` at `path`; `with` false
 /// leaves the plugin out entirely.

@@ -2,7 +2,6 @@
 //! `plugins/build.sh`): the hostile fixture prints, panics, reads the
 //! clocks and random bytes, and reaches for files, sockets and `exit`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,17 +12,7 @@ use crate::plugin::calls::{CallError, Limits, World};
 use crate::plugin::engine::{PluginRuntime, Prepared};
 use crate::plugin::host::{GuestLine, PluginContext};
 
-fn dist(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        p.display()
-    );
-    p
-}
+use crate::plugin::dist;
 
 const BODY: &str = r#"{"posts":[{"id":"p1","userId":"u1"}]}"#;
 
