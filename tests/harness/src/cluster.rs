@@ -603,9 +603,13 @@ impl RedisCluster {
     }
 
     /// Starts a killed node again on its port and dir. Its `nodes.conf`
-    /// makes it rejoin: a killed primary comes back as a replica of the
-    /// node promoted in its place. Waits until the cluster is settled with
-    /// it (its replica link up).
+    /// makes it rejoin; a killed primary comes back as a replica of the
+    /// primary with the fewest replicas (the one promoted in its place).
+    /// Redis does that by itself only when all of its old slots went to one
+    /// node; when some were migrated elsewhere meanwhile it stays a primary
+    /// without slots, and this sends `CLUSTER REPLICATE` as an operator
+    /// would. Waits until the cluster is settled with it (its replica link
+    /// up).
     pub async fn restart_node(&mut self, port: u16) -> io::Result<()> {
         if self.killed.remove(&port).is_none() {
             return Err(io::Error::new(
@@ -626,13 +630,50 @@ impl RedisCluster {
                 .iter()
                 .any(|r| r.primary == port || r.replicas.contains(&port))
             {
-                c.replica_links_up(&map).await
-            } else {
-                Err(format!("127.0.0.1:{port} is in no slot range yet"))
+                return c.replica_links_up(&map).await;
             }
+            c.replicate_if_orphan(port, &map).await?;
+            Err(format!("127.0.0.1:{port} is in no slot range yet"))
         })
         .await?;
         Ok(())
+    }
+
+    /// When the node on `port` thinks itself a primary without slots, tells
+    /// it to replicate the primary in `map` with the fewest replicas.
+    async fn replicate_if_orphan(&self, port: u16, map: &[SlotRange]) -> Result<(), String> {
+        let own = self
+            .slot_map_of(port)
+            .await
+            .map_err(|e| format!("127.0.0.1:{port}: {e}"))?;
+        if own.iter().any(|r| r.primary == port) {
+            return Err(format!("127.0.0.1:{port} still claims slots"));
+        }
+        let info = self
+            .dialer
+            .cmd(port, &["INFO", "replication"])
+            .await
+            .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
+            .text()
+            .unwrap_or_default();
+        if !info.lines().any(|l| l.trim() == "role:master") {
+            return Ok(());
+        }
+        let mut replicas: HashMap<u16, usize> = HashMap::new();
+        for r in map {
+            *replicas.entry(r.primary).or_default() += r.replicas.len();
+        }
+        let Some((&target, _)) = replicas.iter().min_by_key(|&(p, n)| (*n, *p)) else {
+            return Err("no primary to replicate".into());
+        };
+        let id = self.myid(target).await.map_err(|e| e.to_string())?;
+        match self.dialer.cmd(port, &["CLUSTER", "REPLICATE", &id]).await {
+            Ok(Reply::Error(e)) => Err(format!(
+                "127.0.0.1:{port} CLUSTER REPLICATE 127.0.0.1:{target}: -{e}"
+            )),
+            Err(e) => Err(format!("127.0.0.1:{port}: {e}")),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Moves `slot` and its keys to the primary on `to_port`, live, the way
@@ -1074,9 +1115,12 @@ mod cluster_tests {
         check_all(&cluster, &keys).await;
         assert!(cluster.wait_failover(promoted).await.is_err(), "not killed");
 
-        // Move the slot of "key:1" (with its keys) to another primary.
-        let slot = slot_of(b"key:1");
+        // Move the slot of "key:0" (with its keys) from the promoted node
+        // to another primary. (So the killed node's old slots are now on
+        // two nodes: restarting it below takes CLUSTER REPLICATE.)
+        let slot = slot_of(b"key:0");
         let from = cluster.primary_of_slot(slot).await.expect("owner");
+        assert_eq!(from, promoted);
         let to = *cluster
             .primaries()
             .await
@@ -1104,7 +1148,7 @@ mod cluster_tests {
             if p == to {
                 continue;
             }
-            let r = cluster.command(p, &["GET", "key:1"]).await.expect("GET");
+            let r = cluster.command(p, &["GET", "key:0"]).await.expect("GET");
             let want = format!("MOVED {slot} 127.0.0.1:{to}");
             assert_eq!(r, Reply::Error(want), "127.0.0.1:{p}");
         }
