@@ -140,7 +140,7 @@ impl Drop for Origin {
     }
 }
 
-fn full(b: impl Into<Bytes>) -> TestBody {
+pub fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
