@@ -1,7 +1,9 @@
 //! A server process the harness started, whatever it is: spawned in its
 //! own process group (a Ctrl-C meant for the caller does not reach it) with
 //! its output in a log file, waited on until it is ready, and killed
-//! (SIGKILL) when dropped. Failures carry the tail of its log.
+//! (SIGKILL, with its process group: a redis-server forked to send a
+//! replica its snapshot dies too) when dropped. Failures carry the tail of
+//! its log.
 
 use std::fs::File;
 use std::future::Future;
@@ -85,9 +87,18 @@ impl ChildServer {
         }
     }
 
-    /// Kills it now (SIGKILL): to a client, a crashed server.
+    /// Kills it now (SIGKILL), and whatever it forked that is still in its
+    /// process group: to a client, a crashed server.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Its group id is its pid (`process_group(0)`), and the group
+            // cannot be reused before the `wait` below reaps it. `kill(1)`
+            // because the crate forbids the unsafe a libc call needs.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,7 +1,9 @@
 //! Child processes shared by the integration tests (`tests/`) and the bench
 //! (`bench/`): a real `redis-server` on a free loopback port, started and
-//! stopped by the caller, a MongoDB-protocol server (`mongo`), and the
-//! free-port helper they use.
+//! stopped by the caller, the same over TLS with a certificate made in the
+//! test (`redis_tls`), a six-node Redis Cluster that tests can fail over
+//! and reshard (`cluster`), a MongoDB-protocol server (`mongo`), and the
+//! free-port helpers they use.
 //!
 //! Failures are loud: when `redis-server` is missing, exits at start-up or
 //! does not answer `PING`, the error says so and carries the tail of its log.
@@ -17,9 +19,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod child;
+mod cluster;
 mod mongo;
+mod redis_tls;
+mod resp;
 use child::ChildServer;
+pub use cluster::{free_cluster_port, slot_of, RedisCluster, SlotRange, NODE_TIMEOUT_MS, SLOTS};
 pub use mongo::{MongoServer, SECANTUSDB_VERSION};
+pub use redis_tls::{TlsFiles, TlsRedis};
+pub use resp::Reply;
 
 /// How long a starting `redis-server` gets to answer `PING`. It normally
 /// takes milliseconds; the room is for a loaded machine.
@@ -35,14 +43,26 @@ static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 pub fn free_port() -> io::Result<u16> {
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut handed_out = HANDED_OUT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+        if claim_ports(&[port]) {
             return Ok(port);
         }
     }
     Err(io::Error::other("no free loopback port found in 100 tries"))
+}
+
+/// Marks all of `ports` handed out and says true, unless one of them was
+/// already (then marks none): a cluster node claims its port and its bus
+/// port together.
+pub(crate) fn claim_ports(ports: &[u16]) -> bool {
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let set = handed_out.get_or_insert_with(HashSet::new);
+    if ports.iter().any(|p| set.contains(p)) {
+        return false;
+    }
+    set.extend(ports.iter().copied());
+    true
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
