@@ -26,6 +26,7 @@ pub mod notifications;
 pub mod origin;
 pub mod plugin;
 pub mod plugin_cli;
+pub mod redis_link;
 pub mod reload;
 pub mod routes;
 pub mod state;

@@ -140,7 +140,7 @@ impl Drop for Origin {
     }
 }
 
-fn full(b: impl Into<Bytes>) -> TestBody {
+pub fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|e| match e {}).boxed()
 }
 
@@ -479,9 +479,21 @@ pub async fn spawn_binary(config: &Path, admin: SocketAddr) -> Proc {
 
 /// Like `spawn_binary`, with the process's stderr (its log) sent to `stderr`.
 pub async fn spawn_binary_logging_to(config: &Path, admin: SocketAddr, stderr: Stdio) -> Proc {
+    spawn_binary_with_env(config, admin, stderr, &[]).await
+}
+
+/// Like `spawn_binary_logging_to`, with `env` added to the process's
+/// environment (a secret a config names by variable).
+pub async fn spawn_binary_with_env(
+    config: &Path,
+    admin: SocketAddr,
+    stderr: Stdio,
+    env: &[(&str, &str)],
+) -> Proc {
     let child = Command::new(bin())
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)

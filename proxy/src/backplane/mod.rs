@@ -21,13 +21,13 @@ pub mod subscriber;
 
 use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 
 use crate::config::BackplaneSettings;
 use crate::lifecycle::Tasks;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
+use crate::redis_link::{LinkError, Target};
 pub use message::{Kind, Message};
 use outbox::{Outbox, Pushed};
 use stats::{bump, Stats};
@@ -52,18 +52,13 @@ impl Backplane {
         profiles: Arc<Profiles>,
         metrics: Arc<Metrics>,
         tasks: &Tasks,
-    ) -> Result<Backplane, redis::RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(settings.connect_timeout))
-                .set_response_timeout(Some(
-                    settings
-                        .connect_timeout
-                        .max(std::time::Duration::from_secs(1)),
-                ))
-                .set_number_of_retries(1),
+    ) -> Result<Backplane, LinkError> {
+        let target = Target::open(&settings.endpoint)?;
+        let conn = target.shared(
+            settings.connect_timeout,
+            settings
+                .connect_timeout
+                .max(std::time::Duration::from_secs(1)),
         )?;
         let log_key = format!("{}:log", settings.channel);
         let outbox = Arc::new(Outbox::new(settings.max_queued));
@@ -79,7 +74,7 @@ impl Backplane {
         };
         scope.spawn("backplane-publisher", move |drain| publisher.run(drain));
         let subscriber = subscriber::Subscriber {
-            client,
+            target,
             connect_timeout: settings.connect_timeout,
             log_key,
             catch_up: settings.catch_up,
@@ -89,7 +84,8 @@ impl Backplane {
             metrics: metrics.clone(),
         };
         scope.spawn("backplane-subscriber", move |drain| subscriber.run(drain));
-        tracing::info!(instance = %instance, channel = %settings.channel, "backplane started");
+        tracing::info!(instance = %instance, channel = %settings.channel,
+            redis = %settings.endpoint.describe(), "backplane started");
         Ok(Backplane {
             settings,
             instance,

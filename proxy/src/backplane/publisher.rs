@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use super::gap::StreamId;
 use super::outbox::Outbox;
 use super::stats::{bump, Stats};
 use crate::lifecycle::Drain;
 use crate::metrics::Metrics;
+use crate::redis_link::Link;
 use crate::tier::millis;
 
 /// Most messages per pipeline.
@@ -25,7 +24,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub struct Publisher {
-    pub conn: ConnectionManager,
+    pub conn: Link,
     pub log_key: String,
     pub catch_up: Duration,
     pub outbox: Arc<Outbox>,

@@ -4,19 +4,21 @@
 //! shapes. Anything unexpected reads as absent, never as an error that
 //! could stop a reader.
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 use super::gap::{LogInfo, Observed, StreamId};
+use crate::redis_link::Link;
 
 /// An entry's fields as Redis holds them (bytes, in order).
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// `INFO server`'s run_id and `XINFO STREAM` of the log.
-pub async fn observe(conn: &mut MultiplexedConnection, key: &str) -> Result<Observed, String> {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
+/// `INFO server`'s run_id (of the node holding the log, on a cluster) and
+/// `XINFO STREAM` of the log.
+pub async fn observe(conn: &mut Link, key: &str) -> Result<Observed, String> {
+    let mut info_cmd = redis::cmd("INFO");
+    info_cmd.arg("server");
+    let info: String = conn
+        .on_node_of(&info_cmd, key)
         .await
         .map_err(|e| e.to_string())?;
     let run_id = info

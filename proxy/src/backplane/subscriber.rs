@@ -9,8 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use super::gap::{decide, Position, Resume, StreamId};
 use super::message::{BadMessage, Kind, Message};
@@ -19,6 +18,7 @@ use super::stats::{bump, Stats};
 use crate::lifecycle::Drain;
 use crate::lookup::Profiles;
 use crate::metrics::Metrics;
+use crate::redis_link::{Link, Target};
 use crate::tier::now_ms;
 
 /// How long one `XREAD` blocks in Redis. The connection's response timeout
@@ -33,7 +33,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub struct Subscriber {
-    pub client: redis::Client,
+    pub target: Target,
     pub connect_timeout: Duration,
     pub log_key: String,
     pub catch_up: Duration,
@@ -183,11 +183,12 @@ impl Subscriber {
         }
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, String> {
+    async fn connect(&self) -> Result<Link, String> {
         connect_reader(
-            &self.client,
+            &self.target,
             self.connect_timeout,
             &format!("pe-backplane:{}", self.instance),
+            &self.log_key,
         )
         .await
     }
@@ -252,24 +253,22 @@ impl Subscriber {
     }
 }
 
-/// A connection for blocking `XREAD`s of `BLOCK`, named `name` in `CLIENT
-/// LIST`: its response timeout covers a whole block plus slack.
+/// A connection for blocking `XREAD`s of `BLOCK` on `key`, named `name` in
+/// `CLIENT LIST` of the node holding it: its response timeout covers a
+/// whole block plus slack. On a cluster it is a cluster connection of its
+/// own, so the read follows the key through a failover or a slot move.
 pub async fn connect_reader(
-    client: &redis::Client,
+    target: &Target,
     connect_timeout: Duration,
     name: &str,
-) -> Result<MultiplexedConnection, String> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(BLOCK + READ_SLACK.max(connect_timeout)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
-        .map_err(|e| e.to_string())?;
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(name)
-        .query_async::<()>(&mut conn)
+    key: &str,
+) -> Result<Link, String> {
+    let mut conn = target
+        .dedicated(connect_timeout, BLOCK + READ_SLACK.max(connect_timeout))
+        .await?;
+    let mut setname = redis::cmd("CLIENT");
+    setname.arg("SETNAME").arg(name);
+    conn.on_node_of::<()>(&setname, key)
         .await
         .map_err(|e| e.to_string())?;
     Ok(conn)

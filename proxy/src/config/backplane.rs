@@ -3,14 +3,22 @@
 
 use serde::Deserialize;
 
+use super::tiers::validate_redis_access;
 use super::{Config, Problem};
+use crate::redis_link::Endpoint;
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackplaneConfig {
-    /// The Redis the backplane uses; default: `tiers.redis.url`.
+    /// A standalone Redis of its own for the backplane; default: the
+    /// tier's Redis (`[tiers.redis]`, a cluster included, with its TLS and
+    /// AUTH settings).
     pub url: Option<String>,
+    /// With `url`: the CA file for a `rediss://` URL.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// With `url`: the environment variable holding the password.
+    pub password_env: Option<String>,
     /// Name prefix of the backplane's Redis keys (the stream is
     /// `CHANNEL:log`).
     pub channel: String,
@@ -28,6 +36,8 @@ impl Default for BackplaneConfig {
     fn default() -> Self {
         BackplaneConfig {
             url: None,
+            tls_ca_file: None,
+            password_env: None,
             channel: "pe:invalidations".into(),
             catch_up: Dur::secs(600),
             max_queued: 100_000,
@@ -40,7 +50,7 @@ impl Default for BackplaneConfig {
 /// restarts the backplane only when these change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackplaneSettings {
-    pub url: String,
+    pub endpoint: Endpoint,
     pub channel: String,
     pub catch_up: std::time::Duration,
     pub max_queued: usize,
@@ -53,14 +63,27 @@ impl BackplaneSettings {
     pub fn from_config(cfg: &Config) -> Option<BackplaneSettings> {
         let b = cfg.backplane.as_ref()?;
         let redis = cfg.tiers.redis.as_ref();
-        let url = b.url.clone().or_else(|| redis.map(|r| r.url.clone()))?;
         let connect_timeout = b
             .connect_timeout
             .map(|d| d.get())
             .or_else(|| redis.map(|r| r.connect_timeout.get()))
             .unwrap_or(std::time::Duration::from_secs(1));
+        let endpoint = match &b.url {
+            Some(url) => Endpoint {
+                cluster: false,
+                urls: vec![url.clone()],
+                ca_file: b.tls_ca_file.clone(),
+                username: None,
+                password_env: b.password_env.clone(),
+                connect_timeout,
+            },
+            None => Endpoint {
+                connect_timeout,
+                ..redis?.endpoint()
+            },
+        };
         Some(BackplaneSettings {
-            url,
+            endpoint,
             channel: b.channel.clone(),
             catch_up: b.catch_up.get(),
             max_queued: b.max_queued,
@@ -79,17 +102,23 @@ impl BackplaneConfig {
                 "is required when [tiers.redis] is absent (the backplane uses its connection by default)",
             )),
             None => {}
-            Some(url) => {
-                let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-                    .iter()
-                    .any(|s| url.starts_with(s));
-                if !scheme_ok {
+            Some(url) => out.extend(validate_redis_access(
+                "backplane",
+                &[("backplane.url".to_string(), url.as_str())],
+                self.tls_ca_file.as_deref(),
+                self.password_env.as_deref(),
+            )),
+        }
+        if self.url.is_none() {
+            for (key, set) in [
+                ("backplane.tls_ca_file", self.tls_ca_file.is_some()),
+                ("backplane.password_env", self.password_env.is_some()),
+            ] {
+                if set {
                     out.push(Problem::new(
-                        "backplane.url",
-                        format!("{url:?} must start with redis://, rediss:// or unix://"),
+                        key,
+                        "is for a backplane.url of its own; without one the backplane uses [tiers.redis] and its settings",
                     ));
-                } else if let Err(e) = redis::Client::open(url.as_str()) {
-                    out.push(Problem::new("backplane.url", format!("{url:?}: {e}")));
                 }
             }
         }
@@ -136,7 +165,8 @@ mod tests {
         )
         .expect("valid");
         let s = BackplaneSettings::from_config(&c).expect("on");
-        assert_eq!(s.url, "redis://127.0.0.1:6390");
+        assert_eq!(s.endpoint.urls, ["redis://127.0.0.1:6390"]);
+        assert!(!s.endpoint.cluster);
         assert_eq!(s.channel, "pe:invalidations");
         assert_eq!(s.catch_up, std::time::Duration::from_secs(600));
         assert_eq!(s.connect_timeout, std::time::Duration::from_millis(300));

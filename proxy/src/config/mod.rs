@@ -33,7 +33,7 @@ pub use plugins::{EnrichRoute, InvalidationConfig, OnError, PluginConfig};
 pub use post_snapshots::PostSnapshotsConfig;
 pub use profiles::{user_path_prefix, ProfilesConfig};
 pub use server::{ServerConfig, TlsConfig};
-pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisTierConfig, TiersConfig};
+pub use tiers::{MemoryTierConfig, MongoTierConfig, RedisMode, RedisTierConfig, TiersConfig};
 pub use upstreams::{parse_base_url, UpstreamConfig, OFFICER};
 pub use warm_up::{WarmUpConfig, MAX_WARM_IDS};
 

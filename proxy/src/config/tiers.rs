@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::Problem;
+use crate::redis_link::{redact as redact_redis, Endpoint};
 use crate::units::Dur;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -68,8 +69,28 @@ impl Default for MemoryTierConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTierConfig {
-    /// `redis://`, `rediss://` or `unix://` URL.
+    /// `standalone` (one server at `url`) or `cluster` (seed `nodes`).
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// `redis://`, `rediss://` or `unix://` URL (standalone).
+    #[serde(default)]
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`mode = "cluster"`): any reachable
+    /// one tells the client the rest.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// PEM file of the CA that signed the server certificates, for
+    /// `rediss://` (a private CA, as managed services use); absent: the
+    /// system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// ACL user, when the URL names none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password (kept out of
+    /// the config file), when the URL holds none.
+    #[serde(default)]
+    pub password_env: Option<String>,
     #[serde(default = "defaults::redis_ttl")]
     pub ttl: Dur,
     #[serde(default = "defaults::redis_prefix")]
@@ -86,6 +107,85 @@ pub struct RedisTierConfig {
     /// How long an open breaker skips Redis before one trial call.
     #[serde(default = "defaults::breaker_cooldown")]
     pub breaker_cooldown: Dur,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    #[default]
+    Standalone,
+    Cluster,
+}
+
+impl RedisTierConfig {
+    /// Where the tier's Redis is, as the connection code takes it; the
+    /// backplane uses the same one unless it names its own.
+    pub fn endpoint(&self) -> Endpoint {
+        let cluster = self.mode == RedisMode::Cluster;
+        Endpoint {
+            cluster,
+            urls: if cluster {
+                self.nodes.clone()
+            } else {
+                vec![self.url.clone()]
+            },
+            ca_file: self.tls_ca_file.clone(),
+            username: self.username.clone(),
+            password_env: self.password_env.clone(),
+            connect_timeout: self.connect_timeout.get(),
+        }
+    }
+}
+
+/// Problems with the way to reach a Redis, under `section` (`tiers.redis`,
+/// `backplane`): URL schemes, a CA file that is not there, a password
+/// variable that is not set. Never prints a password.
+pub fn validate_redis_access(
+    section: &str,
+    urls: &[(String, &str)],
+    ca_file: Option<&std::path::Path>,
+    password_env: Option<&str>,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (key, url) in urls {
+        let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| url.starts_with(s));
+        if !ok {
+            out.push(Problem::new(
+                key,
+                format!(
+                    "{:?} must start with redis://, rediss:// or unix://",
+                    redact_redis(url)
+                ),
+            ));
+        } else if let Err(e) = redis::Client::open(*url) {
+            out.push(Problem::new(key, format!("{:?}: {e}", redact_redis(url))));
+        }
+    }
+    if let Some(ca) = ca_file {
+        super::file_must_exist(&mut out, &format!("{section}.tls_ca_file"), ca);
+        if !urls.iter().any(|(_, u)| u.starts_with("rediss://")) {
+            out.push(Problem::new(
+                format!("{section}.tls_ca_file"),
+                "is only used with rediss:// URLs; none is configured",
+            ));
+        }
+    }
+    if let Some(var) = password_env {
+        if var.is_empty() {
+            out.push(Problem::new(
+                format!("{section}.password_env"),
+                "must name an environment variable",
+            ));
+        } else if std::env::var_os(var).is_none() {
+            out.push(Problem::new(
+                format!("{section}.password_env"),
+                format!("environment variable {var} is not set"),
+            ));
+        }
+    }
+    out
 }
 
 mod defaults {
@@ -155,24 +255,62 @@ impl RedisTierConfig {
     /// Problems under `tiers.redis.*`.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-            .iter()
-            .any(|s| self.url.starts_with(s));
-        if !ok {
-            out.push(Problem::new(
-                "tiers.redis.url",
-                format!(
-                    "{:?} must start with redis://, rediss:// or unix://",
-                    self.url
-                ),
-            ));
-        }
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            out.push(Problem::new(
-                "tiers.redis.url",
-                format!("{:?}: {e}", self.url),
-            ));
-        }
+        let urls: Vec<(String, &str)> = match self.mode {
+            RedisMode::Standalone => {
+                if self.url.is_empty() {
+                    out.push(Problem::new(
+                        "tiers.redis.url",
+                        "is required (or set mode = \"cluster\" and nodes)",
+                    ));
+                }
+                if !self.nodes.is_empty() {
+                    out.push(Problem::new(
+                        "tiers.redis.nodes",
+                        "is for mode = \"cluster\"; a standalone Redis takes url",
+                    ));
+                }
+                vec![("tiers.redis.url".to_string(), self.url.as_str())]
+                    .into_iter()
+                    .filter(|(_, u)| !u.is_empty())
+                    .collect()
+            }
+            RedisMode::Cluster => {
+                if self.nodes.is_empty() {
+                    out.push(Problem::new(
+                        "tiers.redis.nodes",
+                        "must list at least one seed node when mode = \"cluster\"",
+                    ));
+                }
+                if !self.url.is_empty() {
+                    out.push(Problem::new(
+                        "tiers.redis.url",
+                        "is for a standalone Redis; a cluster takes nodes = [...]",
+                    ));
+                }
+                let schemes: Vec<bool> = self
+                    .nodes
+                    .iter()
+                    .map(|u| u.starts_with("rediss://"))
+                    .collect();
+                if schemes.iter().any(|&t| t) && !schemes.iter().all(|&t| t) {
+                    out.push(Problem::new(
+                        "tiers.redis.nodes",
+                        "mixes redis:// and rediss://; a cluster is all TLS or none",
+                    ));
+                }
+                self.nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("tiers.redis.nodes[{i}]"), u.as_str()))
+                    .collect()
+            }
+        };
+        out.extend(validate_redis_access(
+            "tiers.redis",
+            &urls,
+            self.tls_ca_file.as_deref(),
+            self.password_env.as_deref(),
+        ));
         if self.ttl.get().is_zero() {
             out.push(Problem::new("tiers.redis.ttl", "must be more than 0"));
         }
@@ -330,6 +468,49 @@ mod tests {
 
     fn redis(extra: &str) -> RedisTierConfig {
         toml::from_str(&format!("url = \"redis://127.0.0.1:6379\"\n{extra}")).expect("parses")
+    }
+
+    #[test]
+    fn cluster_and_tls_keys_are_checked() {
+        let cfg = |text: &str| -> Vec<String> {
+            toml::from_str::<RedisTierConfig>(text)
+                .expect("parses")
+                .validate()
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert!(
+            cfg("mode = \"cluster\"\nnodes = [\"redis://h:7000\", \"redis://h:7001\"]").is_empty()
+        );
+        assert_eq!(cfg("mode = \"cluster\""), vec!["tiers.redis.nodes"]);
+        assert_eq!(
+            cfg("mode = \"cluster\"\nnodes = [\"redis://h:1\", \"http://h:2\"]"),
+            vec!["tiers.redis.nodes[1]"]
+        );
+        assert_eq!(
+            cfg("mode = \"cluster\"\nnodes = [\"redis://h:1\", \"rediss://h:2\"]"),
+            vec!["tiers.redis.nodes"]
+        );
+        assert_eq!(
+            cfg("nodes = [\"redis://h:1\"]"),
+            vec!["tiers.redis.url", "tiers.redis.nodes"]
+        );
+        assert_eq!(
+            cfg("url = \"rediss://h\"\ntls_ca_file = \"/nonexistent/ca.pem\""),
+            vec!["tiers.redis.tls_ca_file"]
+        );
+        assert_eq!(
+            cfg("url = \"redis://h\"\npassword_env = \"PE_TEST_SURELY_UNSET_VAR\""),
+            vec!["tiers.redis.password_env"]
+        );
+        assert!(
+            toml::from_str::<RedisTierConfig>("mode = \"sentinel\"\nurl = \"redis://h\"").is_err()
+        );
+        let shown = toml::from_str::<RedisTierConfig>("url = \"http://app:hunter2@h\"")
+            .expect("parses")
+            .validate();
+        assert!(!shown[0].reason.contains("hunter2"), "{}", shown[0].reason);
     }
 
     #[test]

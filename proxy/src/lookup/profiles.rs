@@ -342,6 +342,12 @@ impl Profiles {
             let mut hits = Vec::new();
             let mut still = Vec::new();
             for (id, s) in pending.into_iter().zip(stored) {
+                if !s.reached {
+                    // Its part of the tier is down: no version to write
+                    // under, so this tier is left alone for this id.
+                    still.push(id);
+                    continue;
+                }
                 versions[depth].insert(id.clone(), s.version);
                 match s.entry {
                     Some(e) if mode.accepts(&e, now, memory_ttl) => {

@@ -64,13 +64,13 @@ impl Tier for FakeTier {
             .map(|id| {
                 *reads.entry(id.clone()).or_default() += 1;
                 let r = map.get(id);
-                Stored {
-                    entry: match r {
+                Stored::reached(
+                    match r {
                         Some(Record::Value(e)) => Some(e.clone()),
                         _ => None,
                     },
-                    version: version_of(r),
-                }
+                    version_of(r),
+                )
             })
             .collect())
     }

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -30,6 +29,7 @@ use crate::backplane::subscriber::{connect_reader, BLOCK};
 use crate::config::BackplaneSettings;
 use crate::lifecycle::{Drain, Tasks};
 use crate::metrics::Metrics;
+use crate::redis_link::{Link, LinkError, Target};
 use crate::state::State;
 use crate::tier::now_ms;
 
@@ -105,15 +105,12 @@ impl Relay {
         state: Weak<State>,
         metrics: Arc<Metrics>,
         tasks: &Tasks,
-    ) -> Result<Relay, redis::RedisError> {
+    ) -> Result<Relay, LinkError> {
         let s = &key.settings;
-        let client = redis::Client::open(s.url.as_str())?;
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(s.connect_timeout))
-                .set_response_timeout(Some(s.connect_timeout.max(Duration::from_secs(1))))
-                .set_number_of_retries(1),
+        let target = Target::open(&s.endpoint)?;
+        let conn = target.shared(
+            s.connect_timeout,
+            s.connect_timeout.max(Duration::from_secs(1)),
         )?;
         let stream = format!("{}:posts", s.channel);
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -131,7 +128,7 @@ impl Relay {
             writer.run(rx, drain)
         });
         let reader = Reader {
-            client,
+            target,
             connect_timeout: s.connect_timeout,
             stream,
             instance,
@@ -202,7 +199,7 @@ impl Relay {
 /// fails is kept and retried with backoff, and one last try is made at
 /// shutdown.
 struct Writer {
-    conn: ConnectionManager,
+    conn: Link,
     stream: String,
     keep: usize,
     from: Arc<str>,
@@ -317,7 +314,7 @@ impl Writer {
 /// (`pe-posts:INSTANCE` in `CLIENT LIST`) and delivers other instances'
 /// posts here, in order.
 struct Reader {
-    client: redis::Client,
+    target: Target,
     connect_timeout: Duration,
     stream: String,
     instance: Arc<str>,
@@ -371,10 +368,11 @@ impl Reader {
 
     async fn session(&self, position: &mut Option<StreamId>, drain: &Drain) -> End {
         let name = format!("pe-posts:{}", self.instance);
-        let mut conn = match connect_reader(&self.client, self.connect_timeout, &name).await {
-            Ok(c) => c,
-            Err(e) => return End::Lost(e),
-        };
+        let mut conn =
+            match connect_reader(&self.target, self.connect_timeout, &name, &self.stream).await {
+                Ok(c) => c,
+                Err(e) => return End::Lost(e),
+            };
         let observed = match observe(&mut conn, &self.stream).await {
             Ok(o) => o,
             Err(e) => return End::Lost(e),
@@ -463,7 +461,7 @@ impl Reader {
 }
 
 async fn read_after(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Link,
     stream: &str,
     last: StreamId,
 ) -> Result<Vec<(StreamId, Fields)>, String> {

@@ -66,6 +66,28 @@ pub struct Entry {
 pub struct Stored {
     pub entry: Option<Entry>,
     pub version: u64,
+    /// False when the part of the tier holding this id could not be read
+    /// (one node of a cluster down): neither a hit nor a miss, and no
+    /// version to write under.
+    pub reached: bool,
+}
+
+impl Stored {
+    pub fn reached(entry: Option<Entry>, version: u64) -> Stored {
+        Stored {
+            entry,
+            version,
+            reached: true,
+        }
+    }
+
+    pub fn unreached() -> Stored {
+        Stored {
+            entry: None,
+            version: 0,
+            reached: false,
+        }
+    }
 }
 
 /// What became of one conditional write.

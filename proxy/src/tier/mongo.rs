@@ -266,10 +266,7 @@ impl Tier for MongoTier {
             .iter()
             .map(|id| {
                 let Some(d) = by_id.remove(id) else {
-                    return Stored {
-                        entry: None,
-                        version: 0,
-                    };
+                    return Stored::reached(None, 0);
                 };
                 let version = int(&d, "version");
                 let entry = if any_pending && self.pending.contains(id) {
@@ -277,7 +274,7 @@ impl Tier for MongoTier {
                 } else {
                     entry_of(&d).filter(|e| e.is_usable(now))
                 };
-                Stored { entry, version }
+                Stored::reached(entry, version)
             })
             .collect())
     }

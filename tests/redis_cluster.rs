@@ -1,0 +1,444 @@
+//! The Redis tier and the backplane on a real six-node Redis Cluster (3
+//! primaries, 3 replicas, `tests/harness`): 10 000 ids over every slot
+//! written, read back by a second instance and invalidated; a primary
+//! killed under load; a slot moved under load. Verdicts are counts
+//! (failed requests, origin calls, stale reads, hits); the waits are gates
+//! on the cluster's and the instances' own state, never sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use http::{Method, StatusCode};
+use profile_edge::testkit::{user_id, SimOrigin};
+use profile_edge::App;
+use profile_edge_harness::RedisCluster;
+use serde_json::{json, Value};
+use support::*;
+
+const PREFIX: &str = "pe:test:";
+const CHANNEL: &str = "pe:test:cluster";
+
+async fn cluster() -> RedisCluster {
+    RedisCluster::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"))
+}
+
+/// `[tiers.redis]` on the cluster plus the backplane on it. The timeouts
+/// have room (a loaded machine must not make a healthy node look failed);
+/// a dead node refuses connections at once, so they are not what a
+/// failover costs.
+fn cluster_config(sim: &SimOrigin, c: &RedisCluster) -> String {
+    let nodes: Vec<String> = c.seeds().iter().map(|s| format!("{s:?}")).collect();
+    profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[tiers.redis]\nmode = \"cluster\"\nnodes = [{}]\nttl = \"1h\"\nkey_prefix = \"{PREFIX}\"\n\
+             timeout = \"2s\"\nconnect_timeout = \"500ms\"\nbreaker_cooldown = \"200ms\"\n\n\
+             [backplane]\nchannel = \"{CHANNEL}\"\n\n",
+            nodes.join(", ")
+        ),
+    )
+}
+
+/// A direct cluster client for checks.
+async fn direct(c: &RedisCluster) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(c.seeds())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn stats(client: &HttpClient, app: &App) -> Value {
+    admin_stats(client, app.admin_addr()).await
+}
+
+async fn redis_hits(client: &HttpClient, app: &App) -> u64 {
+    stats(client, app).await["tiers"]["redis"]["hits"]
+        .as_u64()
+        .expect("tiers.redis.hits")
+}
+
+async fn wait_backplane(client: &HttpClient, app: &App) {
+    wait_until("backplane connected", || async {
+        stats(client, app).await["backplane"]["connected"] == json!(true)
+    })
+    .await;
+}
+
+async fn messages_received(client: &HttpClient, app: &App) -> u64 {
+    stats(client, app).await["backplane"]["messages_received"]
+        .as_u64()
+        .expect("backplane.messages_received")
+}
+
+/// GETs `ids` through `main`, 32 at a time; answers (id, status, tier).
+async fn get_all(
+    client: &HttpClient,
+    main: SocketAddr,
+    ids: &[String],
+) -> Vec<(String, u16, String)> {
+    stream::iter(ids.iter().cloned())
+        .map(|id| async move {
+            let (status, headers, _) = get(client, &format!("http://{main}/api/users/{id}")).await;
+            let tier = headers
+                .get("x-cache-tier")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            (id, status.as_u16(), tier)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated() {
+    const N: usize = 10_000;
+    let c = cluster().await;
+    let sim = sim_origin(N, Duration::ZERO).await;
+    let a = start_proxy(&cluster_config(&sim, &c)).await;
+    let b = start_proxy(&cluster_config(&sim, &c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+    let ids: Vec<String> = (0..N).map(user_id).collect();
+
+    // Written: A loads every id from the origin into the cluster.
+    for (id, status, tier) in get_all(&client, a.main_addr(), &ids).await {
+        assert_eq!((status, tier.as_str()), (200, "origin"), "{id} through A");
+    }
+    let slots: BTreeSet<u16> = ids
+        .iter()
+        .map(|id| RedisCluster::slot_of(format!("{PREFIX}{id}").as_bytes()))
+        .collect();
+    let mut per_primary = HashMap::new();
+    for s in &slots {
+        *per_primary
+            .entry(c.primary_of_slot(*s).await.unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_primary.len(),
+        3,
+        "the ids' slots span every primary: {per_primary:?}"
+    );
+    let mut conn = direct(&c).await;
+    let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}{id}")).collect();
+    let mut stored = 0;
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        stored += values
+            .iter()
+            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2")))
+            .count();
+    }
+    assert_eq!(stored, N, "every id is in the cluster");
+
+    // Read back by a second instance: every answer from Redis, no origin call.
+    let origin_before = sim.stats().origin_calls();
+    let hits_before = redis_hits(&client, &b).await;
+    for (id, status, tier) in get_all(&client, b.main_addr(), &ids).await {
+        assert_eq!((status, tier.as_str()), (200, "redis"), "{id} through B");
+    }
+    assert_eq!(sim.stats().origin_calls(), origin_before, "0 origin calls");
+    assert_eq!(redis_hits(&client, &b).await - hits_before, N as u64);
+
+    // Removed by an invalidation on A: every key is a tombstone, and B,
+    // told by the backplane, loads each again from the origin.
+    let received_before = messages_received(&client, &b).await;
+    stream::iter(ids.iter())
+        .for_each_concurrent(32, |id| {
+            let client = &client;
+            async move { purge(client, a.admin_addr(), id).await }
+        })
+        .await;
+    let mut tombstones = 0;
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tombstones += values
+            .iter()
+            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2\x02")))
+            .count();
+    }
+    assert_eq!(tombstones, N, "every id removed from the cluster");
+    wait_until("B applies every invalidation", || async {
+        messages_received(&client, &b).await >= received_before + N as u64
+    })
+    .await;
+    let origin_before = sim.stats().origin_calls();
+    let sample: Vec<String> = ids.iter().step_by(100).cloned().collect();
+    for (id, status, tier) in get_all(&client, b.main_addr(), &sample).await {
+        assert_eq!(
+            (status, tier.as_str()),
+            (200, "origin"),
+            "{id} after the invalidation"
+        );
+    }
+    assert!(sim.stats().origin_calls() > origin_before);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Clients looping on ids through both instances until `stop`: counts
+/// requests and failures (anything but a 200, or no answer).
+struct Load {
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    longest_us: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(mains: &[SocketAddr], warm: &[String], cold: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let longest_us = Arc::new(AtomicU64::new(0));
+        let cold = Arc::new(std::sync::Mutex::new(cold));
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let main = mains[w % mains.len()];
+            let warm = warm.to_vec();
+            let (stop, requests, failures, longest_us, cold) = (
+                stop.clone(),
+                requests.clone(),
+                failures.clone(),
+                longest_us.clone(),
+                cold.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let client = client();
+                let mut i = w;
+                while !stop.load(Ordering::SeqCst) {
+                    // Every other request a cold id, while there are any.
+                    let id = match (i % 2, cold.lock().unwrap().pop()) {
+                        (0, Some(id)) => id,
+                        _ => warm[i % warm.len()].clone(),
+                    };
+                    i += 1;
+                    let started = Instant::now();
+                    let req = http::Request::get(format!("http://{main}/api/users/{id}"))
+                        .body(full(""))
+                        .unwrap();
+                    let ok =
+                        match tokio::time::timeout(Duration::from_secs(30), client.request(req))
+                            .await
+                        {
+                            Ok(Ok(resp)) => resp.status() == StatusCode::OK,
+                            _ => false,
+                        };
+                    longest_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    if !ok {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            requests,
+            failures,
+            longest_us,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more requests were made (load really ran across
+    /// whatever just happened).
+    async fn run_past(&self, n: u64) {
+        let target = self.requests.load(Ordering::SeqCst) + n;
+        wait_until("the load makes progress", || async {
+            self.requests.load(Ordering::SeqCst) >= target
+        })
+        .await;
+    }
+
+    async fn stop(self) -> (u64, u64, Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.requests.load(Ordering::SeqCst),
+            self.failures.load(Ordering::SeqCst),
+            Duration::from_micros(self.longest_us.load(Ordering::SeqCst)),
+        )
+    }
+}
+
+/// Ids whose keys live on `port` (by the cluster's map), from `range`.
+async fn ids_on(
+    c: &RedisCluster,
+    port: u16,
+    range: std::ops::Range<usize>,
+    n: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in range {
+        let id = user_id(i);
+        let slot = RedisCluster::slot_of(format!("{PREFIX}{id}").as_bytes());
+        if c.primary_of_slot(slot).await.unwrap() == port {
+            out.push(id);
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(out.len(), n, "enough ids on 127.0.0.1:{port}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() {
+    let mut c = cluster().await;
+    let sim = sim_origin(5_000, Duration::ZERO).await;
+    let a = start_proxy(&cluster_config(&sim, &c)).await;
+    let b = start_proxy(&cluster_config(&sim, &c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+
+    // The victim: the primary holding the backplane's log, so the
+    // subscriptions must come back too.
+    let victim = c
+        .primary_of_slot(RedisCluster::slot_of(format!("{CHANNEL}:log").as_bytes()))
+        .await
+        .unwrap();
+    let warm: Vec<String> = (0..200).map(user_id).collect();
+    get_all(&client, a.main_addr(), &warm).await;
+    get_all(&client, b.main_addr(), &warm).await;
+    c.wait_replicated().await.unwrap();
+    let cold: Vec<String> = (1_000..3_000).map(user_id).collect();
+    let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
+    load.run_past(200).await;
+
+    c.kill_node(victim).await.unwrap();
+    load.run_past(200).await;
+    let (promoted, took) = c.wait_failover(victim).await.unwrap();
+    eprintln!("failover: 127.0.0.1:{victim} -> 127.0.0.1:{promoted} in {took:?}");
+    load.run_past(500).await;
+    let (requests, failures, longest) = load.stop().await;
+    eprintln!("{requests} requests during the failover, longest {longest:?}");
+    assert_eq!(failures, 0, "no client request failed ({requests} made)");
+
+    // The tier is used again without a restart: ids on the promoted node,
+    // loaded by A now, are Redis hits on B.
+    let fresh = ids_on(&c, promoted, 4_000..5_000, 20).await;
+    for (id, status, tier) in get_all(&client, a.main_addr(), &fresh).await {
+        assert_eq!((status, tier.as_str()), (200, "origin"), "{id} through A");
+    }
+    let hits_before = redis_hits(&client, &b).await;
+    wait_until("B reads the promoted node", || async {
+        let answers = get_all(&client, b.main_addr(), &fresh).await;
+        answers
+            .iter()
+            .all(|(_, s, t)| *s == 200 && (t == "redis" || t == "memory"))
+    })
+    .await;
+    assert!(
+        redis_hits(&client, &b).await >= hits_before + fresh.len() as u64,
+        "hits on the promoted node are counted"
+    );
+
+    // Invalidations still reach every instance: B holds id X in memory,
+    // it changes at the origin, A hears of it, B serves the new version.
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+    let x = fresh[0].clone();
+    let (v0, _) = served(&client, b.main_addr(), &x).await;
+    let (_, tier) = served(&client, b.main_addr(), &x).await;
+    assert_eq!(tier, "memory");
+    assert!(sim.update_user(&x));
+    let received = messages_received(&client, &b).await;
+    let body = json!({"type": "profile-updated", "userId": x}).to_string();
+    let (status, _, _) = send(
+        &client,
+        Method::POST,
+        &format!("http://{}/admin/events", a.admin_addr()),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_until("B applies the invalidation", || async {
+        messages_received(&client, &b).await > received
+    })
+    .await;
+    let (v1, _) = served(&client, b.main_addr(), &x).await;
+    assert!(v1 > v0, "B serves the new version ({v0} -> {v1})");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
+    let c = cluster().await;
+    let sim = sim_origin(5_000, Duration::ZERO).await;
+    let a = start_proxy(&cluster_config(&sim, &c)).await;
+    let b = start_proxy(&cluster_config(&sim, &c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+
+    let x = user_id(7);
+    let slot = RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes());
+    let from = c.primary_of_slot(slot).await.unwrap();
+    let to = *c
+        .primaries()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| **p != from)
+        .unwrap();
+    let warm: Vec<String> = (0..200).map(user_id).collect();
+    get_all(&client, a.main_addr(), &warm).await;
+    let cold: Vec<String> = (1_000..3_000).map(user_id).collect();
+    let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
+    load.run_past(200).await;
+    c.migrate_slot(slot, to).await.unwrap();
+    load.run_past(300).await;
+    let (requests, failures, _) = load.stop().await;
+    assert_eq!(failures, 0, "no client request failed ({requests} made)");
+    assert_eq!(c.primary_of_slot(slot).await.unwrap(), to);
+
+    // X changes at the origin and is invalidated on A: from then on no
+    // instance serves the old version, from any tier.
+    let (v0, _) = served(&client, b.main_addr(), &x).await;
+    assert!(sim.update_user(&x));
+    let received = messages_received(&client, &b).await;
+    purge(&client, a.admin_addr(), &x).await;
+    wait_until("B applies the invalidation", || async {
+        messages_received(&client, &b).await > received
+    })
+    .await;
+    let mut stale = 0;
+    for round in 0..50 {
+        let app = if round % 2 == 0 { &a } else { &b };
+        let (v, _) = served(&client, app.main_addr(), &x).await;
+        if v <= v0 {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0, "no stale read after the invalidation");
+    a.shutdown().await;
+    b.shutdown().await;
+}
