@@ -3,7 +3,7 @@
 //! request, percentiles, Prometheus text parsing, and the `wrk` runner.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -268,18 +268,40 @@ pub async fn closed_loop(
     make: MakeReq,
     check: Check,
 ) -> Result<Vec<Sample>> {
+    closed_loop_until(
+        addr,
+        spec,
+        t0,
+        make,
+        check,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+}
+
+/// [`closed_loop`] that also ends (each worker after its request in
+/// flight) once `stop` is set.
+pub async fn closed_loop_until(
+    addr: SocketAddr,
+    spec: Spec,
+    t0: Instant,
+    make: MakeReq,
+    check: Check,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Sample>> {
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + spec.max_time;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
         let next = Arc::clone(&next);
         let make = Arc::clone(&make);
+        let stop = Arc::clone(&stop);
         set.spawn(async move {
             let mut out = Vec::new();
             let mut conn: Option<H1> = None;
             let mut connect_failures = 0u32;
             loop {
-                if Instant::now() >= deadline {
+                if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);

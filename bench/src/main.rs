@@ -29,7 +29,7 @@ const USAGE: &str = "usage: profile-edge-bench [--quick] [--only NAME] [--no-bui
 
   --quick      short smoke run (1 round per comparison, smaller counts)
   --only NAME  run one scenario: warm, cold, zipf, enrich, reload, redis, memory, backplane,
-               mongo, fanout (raises its own open-files limit to the hard limit)
+               mongo, fanout (raises its own open-files limit to the hard limit), cluster
   --no-build   do not run `cargo build --release -p profile-edge` first
   --no-write   print only; leave bench/RESULTS.md alone";
 

@@ -126,6 +126,9 @@ pub struct ProxyOpts {
     pub posts_url: Option<String>,
     pub memory_capacity: u64,
     pub redis_url: Option<String>,
+    /// `[tiers.redis]` with `mode = "cluster"` and these seed nodes
+    /// (instead of `redis_url`).
+    pub redis_cluster: Option<Vec<String>>,
     /// `[plugins.enrich-posts]` with this file, and the `/api/posts` enrich route.
     pub enrich_plugin: Option<PathBuf>,
     /// `[plugins.invalidate-profile]` with this file and `[invalidation]`.
@@ -145,6 +148,7 @@ impl ProxyOpts {
             posts_url: None,
             memory_capacity: 100_000,
             redis_url: None,
+            redis_cluster: None,
             enrich_plugin: None,
             invalidation_plugin: None,
             negative_ttl: "30s".into(),
@@ -183,6 +187,14 @@ pub fn proxy_config(listen: SocketAddr, admin: SocketAddr, o: &ProxyOpts) -> Str
     );
     if let Some(url) = &o.redis_url {
         let _ = writeln!(t, "[tiers.redis]\nurl = {}\n", toml_str(url));
+    }
+    if let Some(nodes) = &o.redis_cluster {
+        let nodes: Vec<String> = nodes.iter().map(|n| toml_str(n)).collect();
+        let _ = writeln!(
+            t,
+            "[tiers.redis]\nmode = \"cluster\"\nnodes = [{}]\n",
+            nodes.join(", ")
+        );
     }
     if o.backplane {
         let _ = writeln!(t, "[backplane]\nchannel = \"pe:bench\"\n");

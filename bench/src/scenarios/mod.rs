@@ -3,6 +3,7 @@
 //! section saying why.
 
 mod backplane;
+mod cluster;
 mod cold;
 mod enrich;
 mod fanout;
@@ -60,6 +61,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "fanout",
         "10. Notifications: fan-out to 10 000 SSE subscribers (insert-to-receipt latency, losses, memory and CPU per subscriber); stuck subscribers",
     ),
+    (
+        "cluster",
+        "11. Redis Cluster: L2 hits on a 6-node cluster vs standalone Redis; a primary killed under load",
+    ),
 ];
 
 pub struct Ctx {
@@ -100,6 +105,7 @@ pub async fn run(key: &'static str, ctx: &Ctx) -> Section {
         "backplane" => backplane::run(ctx, &mut sec).await,
         "mongo" => mongo::run(ctx, &mut sec).await,
         "fanout" => fanout::run(ctx, &mut sec).await,
+        "cluster" => cluster::run(ctx, &mut sec).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
     };
     if let Err(e) = result {
