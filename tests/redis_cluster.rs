@@ -1,7 +1,8 @@
 //! The Redis tier and the backplane on a real six-node Redis Cluster (3
 //! primaries, 3 replicas, `tests/harness`): 10 000 ids over every slot
 //! written, read back by a second instance and invalidated; a primary
-//! killed under load; a slot moved under load. Verdicts are counts
+//! killed under load (the one holding the backplane's log); a slot moved
+//! under load (a profile's, and the log's). Verdicts are counts
 //! (failed requests, origin calls, stale reads, hits); the waits are gates
 //! on the cluster's and the instances' own state, never sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -332,7 +333,17 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
     load.run_past(200).await;
 
+    // Ids on another primary, in Redis but not yet in B's memory.
+    let survivor = *c.primaries().await.unwrap().iter().find(|p| **p != victim).unwrap();
+    let elsewhere = ids_on(&c, survivor, 3_000..4_000, 20).await;
+    get_all(&client, a.main_addr(), &elsewhere).await;
+
     c.kill_node(victim).await.unwrap();
+    // Breakers are per node: while the victim is down and not yet
+    // replaced, the other primaries' ids are still Redis hits.
+    for (id, status, tier) in get_all(&client, b.main_addr(), &elsewhere).await {
+        assert_eq!((status, tier.as_str()), (200, "redis"), "{id} on a live node while another is down");
+    }
     load.run_past(200).await;
     let (promoted, took) = c.wait_failover(victim).await.unwrap();
     eprintln!("failover: 127.0.0.1:{victim} -> 127.0.0.1:{promoted} in {took:?}");
@@ -423,6 +434,11 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
     load.run_past(200).await;
     c.migrate_slot(slot, to).await.unwrap();
+    // The backplane's log moves too: its readers follow it.
+    let log_slot = RedisCluster::slot_of(format!("{CHANNEL}:log").as_bytes());
+    let log_from = c.primary_of_slot(log_slot).await.unwrap();
+    let log_to = *c.primaries().await.unwrap().iter().find(|p| **p != log_from).unwrap();
+    c.migrate_slot(log_slot, log_to).await.unwrap();
     load.run_past(300).await;
     let (requests, failures, _) = load.stop().await;
     assert_eq!(failures, 0, "no client request failed ({requests} made)");
