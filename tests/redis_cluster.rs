@@ -334,7 +334,13 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     load.run_past(200).await;
 
     // Ids on another primary, in Redis but not yet in B's memory.
-    let survivor = *c.primaries().await.unwrap().iter().find(|p| **p != victim).unwrap();
+    let survivor = *c
+        .primaries()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| **p != victim)
+        .unwrap();
     let elsewhere = ids_on(&c, survivor, 3_000..4_000, 20).await;
     get_all(&client, a.main_addr(), &elsewhere).await;
 
@@ -342,7 +348,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     // Breakers are per node: while the victim is down and not yet
     // replaced, the other primaries' ids are still Redis hits.
     for (id, status, tier) in get_all(&client, b.main_addr(), &elsewhere).await {
-        assert_eq!((status, tier.as_str()), (200, "redis"), "{id} on a live node while another is down");
+        assert_eq!(
+            (status, tier.as_str()),
+            (200, "redis"),
+            "{id} on a live node while another is down"
+        );
     }
     load.run_past(200).await;
     let (promoted, took) = c.wait_failover(victim).await.unwrap();
@@ -359,7 +369,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     for app in [&a, &b] {
         wait_until("the instance sees the promoted primary", || async {
             let primaries = stats(&client, app).await["tiers"]["redis"]["primaries"].clone();
-            let has = |p: u16| primaries.as_array().is_some_and(|a| a.contains(&json!(format!("127.0.0.1:{p}"))));
+            let has = |p: u16| {
+                primaries
+                    .as_array()
+                    .is_some_and(|a| a.contains(&json!(format!("127.0.0.1:{p}"))))
+            };
             has(promoted) && !has(victim)
         })
         .await;
@@ -370,7 +384,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     }
     let hits_before = redis_hits(&client, &b).await;
     for (id, status, tier) in get_all(&client, b.main_addr(), &fresh).await {
-        assert_eq!((status, tier.as_str()), (200, "redis"), "{id} through B, from the promoted node");
+        assert_eq!(
+            (status, tier.as_str()),
+            (200, "redis"),
+            "{id} through B, from the promoted node"
+        );
     }
     assert_eq!(
         redis_hits(&client, &b).await - hits_before,
@@ -437,7 +455,13 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     // The backplane's log moves too: its readers follow it.
     let log_slot = RedisCluster::slot_of(format!("{CHANNEL}:log").as_bytes());
     let log_from = c.primary_of_slot(log_slot).await.unwrap();
-    let log_to = *c.primaries().await.unwrap().iter().find(|p| **p != log_from).unwrap();
+    let log_to = *c
+        .primaries()
+        .await
+        .unwrap()
+        .iter()
+        .find(|p| **p != log_from)
+        .unwrap();
     c.migrate_slot(log_slot, log_to).await.unwrap();
     load.run_past(300).await;
     let (requests, failures, _) = load.stop().await;
@@ -465,4 +489,34 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     assert_eq!(stale, 0, "no stale read after the invalidation");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_unreachable_at_start_up_costs_no_request() {
+    // Seeds where nothing listens: the proxy starts, is ready, and answers
+    // from the origin with the tier's breaker open.
+    let sim = sim_origin(100, Duration::ZERO).await;
+    let seeds: Vec<String> = (0..3)
+        .map(|_| format!("\"redis://127.0.0.1:{}\"", free_port()))
+        .collect();
+    let app = start_proxy(&profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[tiers.redis]\nmode = \"cluster\"\nnodes = [{}]\ntimeout = \"2s\"\nconnect_timeout = \"500ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"1h\"\n\n[backplane]\nchannel = \"{CHANNEL}\"\n",
+            seeds.join(", ")
+        ),
+    ))
+    .await;
+    let client = client();
+    let (status, _, _) = get(&client, &format!("http://{}/readyz", app.admin_addr())).await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..10 {
+        let (v, tier) = served(&client, app.main_addr(), &user_id(i)).await;
+        assert!(v > 0);
+        assert_eq!(tier, "origin");
+    }
+    let s = stats(&client, &app).await;
+    assert_eq!(s["tiers"]["redis"]["breaker_open"], json!(true), "{s}");
+    assert_eq!(s["backplane"]["connected"], json!(false), "{s}");
+    app.shutdown().await;
 }

@@ -84,9 +84,11 @@ mod tests {
     /// tracing-subscriber instead of being read or refused.
     #[test]
     fn the_redis_library_is_quiet_unless_named() {
-        let quiet = parse_filter("info").unwrap().to_string();
+        let quiet = parse_filter("info").expect("parses").to_string();
         assert!(quiet.contains("redis=error"), "{quiet}");
-        let asked = parse_filter("info,redis=debug").unwrap().to_string();
+        let asked = parse_filter("info,redis=debug")
+            .expect("parses")
+            .to_string();
         assert!(!asked.contains("redis=error"), "{asked}");
     }
 
