@@ -57,6 +57,28 @@ async fn direct(c: &RedisCluster) -> redis::cluster_async::ClusterConnection {
         .unwrap()
 }
 
+/// How many of `keys` hold a value starting with `head` (`PE2`: a record
+/// of the tier; `PE2` then 2: a tombstone).
+async fn count_values(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    keys: &[String],
+    head: &[u8],
+) -> usize {
+    let mut n = 0;
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(conn)
+            .await
+            .unwrap();
+        n += values
+            .iter()
+            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(head)))
+            .count();
+    }
+    n
+}
+
 async fn stats(client: &HttpClient, app: &App) -> Value {
     admin_stats(client, app.admin_addr()).await
 }
@@ -134,18 +156,7 @@ async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated(
     );
     let mut conn = direct(&c).await;
     let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}{id}")).collect();
-    let mut stored = 0;
-    for chunk in keys.chunks(500) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        stored += values
-            .iter()
-            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2")))
-            .count();
-    }
+    let stored = count_values(&mut conn, &keys, b"PE2").await;
     assert_eq!(stored, N, "every id is in the cluster");
 
     // Read back by a second instance: every answer from Redis, no origin call.
@@ -167,18 +178,7 @@ async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated(
             async move { purge(client, a_admin, id).await }
         })
         .await;
-    let mut tombstones = 0;
-    for chunk in keys.chunks(500) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        tombstones += values
-            .iter()
-            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2\x02")))
-            .count();
-    }
+    let tombstones = count_values(&mut conn, &keys, b"PE2\x02").await;
     assert_eq!(tombstones, N, "every id removed from the cluster");
     wait_until("B applies every invalidation", || async {
         messages_received(&client, &b).await >= received_before + N as u64
