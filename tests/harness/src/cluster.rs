@@ -649,13 +649,7 @@ impl RedisCluster {
         if own.iter().any(|r| r.primary == port) {
             return Err(format!("127.0.0.1:{port} still claims slots"));
         }
-        let info = self
-            .dialer
-            .cmd(port, &["INFO", "replication"])
-            .await
-            .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
-            .text()
-            .unwrap_or_default();
+        let info = self.info_replication(port).await?;
         if !info.lines().any(|l| l.trim() == "role:master") {
             return Ok(());
         }
@@ -888,17 +882,22 @@ impl RedisCluster {
         Ok(map)
     }
 
+    /// `INFO replication` of the node on `port`, as text.
+    async fn info_replication(&self, port: u16) -> Result<String, String> {
+        Ok(self
+            .dialer
+            .cmd(port, &["INFO", "replication"])
+            .await
+            .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
+            .text()
+            .unwrap_or_default())
+    }
+
     /// `Ok` when every replica in `map` says `master_link_status:up`.
     async fn replica_links_up(&self, map: &[SlotRange]) -> Result<(), String> {
         let replicas: BTreeSet<u16> = map.iter().flat_map(|r| r.replicas.clone()).collect();
         for port in replicas {
-            let info = self
-                .dialer
-                .cmd(port, &["INFO", "replication"])
-                .await
-                .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
-                .text()
-                .unwrap_or_default();
+            let info = self.info_replication(port).await?;
             if !info.lines().any(|l| l.trim() == "master_link_status:up") {
                 return Err(format!(
                     "replica 127.0.0.1:{port}: link to its primary not up yet"
