@@ -114,16 +114,13 @@ impl RedisTier {
 
     /// One node's keys split into script calls: on a cluster one per slot
     /// (a script may not cross slots), standalone all in one.
-    fn per_call(&self, items: &[Keyed]) -> Vec<Vec<Keyed>> {
+    fn per_call<'a>(&self, items: &'a [Keyed]) -> Vec<Vec<&'a Keyed>> {
         if !self.nodes.is_cluster() {
-            return vec![items.to_vec()];
+            return vec![items.iter().collect()];
         }
-        let mut by_slot: BTreeMap<u16, Vec<Keyed>> = BTreeMap::new();
+        let mut by_slot: BTreeMap<u16, Vec<&Keyed>> = BTreeMap::new();
         for k in items {
-            by_slot
-                .entry(slot(k.1.as_bytes()))
-                .or_default()
-                .push(k.clone());
+            by_slot.entry(slot(k.1.as_bytes())).or_default().push(k);
         }
         by_slot.into_values().collect()
     }
