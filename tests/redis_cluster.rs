@@ -511,3 +511,60 @@ async fn a_cluster_unreachable_at_start_up_costs_no_request() {
     assert_eq!(s["backplane"]["connected"], json!(false), "{s}");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_the_tier_marks_every_id_on_every_primary() {
+    // What a change stream that lost its history does (`remove_all`):
+    // every primary scanned, every id tombstoned, so no load in flight
+    // anywhere can write its value back.
+    use profile_edge::tier::{Entry, Tier};
+    let c = cluster().await;
+    let cfg: profile_edge::config::RedisTierConfig = toml::from_str(&format!(
+        "mode = \"cluster\"\nnodes = [{}]\nkey_prefix = \"{PREFIX}\"\ntimeout = \"2s\"\n",
+        c.seeds()
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    let tasks = profile_edge::lifecycle::Tasks::new();
+    let tier =
+        profile_edge::tier::redis::RedisTier::new(&cfg, Duration::from_secs(60), &tasks).unwrap();
+    wait_until("the tier knows the cluster's primaries", || async {
+        tier.stats()["primaries"]
+            .as_array()
+            .is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    let now = profile_edge::tier::now_ms();
+    let entries: Vec<(String, Entry)> = (0..2_000)
+        .map(|i| {
+            let body = bytes::Bytes::from(format!("{{\"id\":{i}}}"));
+            (
+                user_id(i),
+                Entry::from_origin(Some(body), now, Duration::from_secs(600)),
+            )
+        })
+        .collect();
+    for chunk in entries.chunks(50) {
+        tier.put_many(chunk).await.unwrap();
+    }
+    let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+    let before = tier.get_many(&ids).await.unwrap();
+    assert!(before.iter().all(|s| s.entry.is_some() && s.version == 0));
+    let marked = tier.remove_all().await.unwrap();
+    assert_eq!(marked, 2_000);
+    let after = tier.get_many(&ids).await.unwrap();
+    assert!(after
+        .iter()
+        .all(|s| s.entry.is_none() && s.version == 1 && s.reached));
+    // A write under the version read before the clear is refused.
+    let late = tier.put_many(&entries[..10]).await.unwrap();
+    assert!(
+        late.iter()
+            .all(|w| *w == profile_edge::tier::Written::Superseded),
+        "{late:?}"
+    );
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
