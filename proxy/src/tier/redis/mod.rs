@@ -132,6 +132,7 @@ impl RedisTier {
     /// a second tombstone only bumps the version again).
     async fn delete(&self, ids: &[String]) -> Result<Vec<u64>, TierError> {
         let px = super::millis(self.ttl + self.max_stale).max(1);
+        let wait_ms = (super::millis(self.nodes.timeout()) / 2).max(1);
         let head = codec::tombstone_head();
         let groups = self.groups(ids.iter().map(String::as_str));
         let calls = groups.iter().map(|g| {
@@ -154,6 +155,9 @@ impl RedisTier {
                     for (keys, vs) in calls.iter().zip(answers) {
                         versions.extend(keys.iter().map(|(i, _)| *i).zip(vs));
                     }
+                    if self.nodes.must_replicate(&g.node) {
+                        replicated(&mut conn.clone(), &g.node, wait_ms).await?;
+                    }
                     Ok::<_, redis::RedisError>(versions)
                 };
                 g.guard.call(work).await
@@ -174,6 +178,27 @@ impl RedisTier {
             }
         }
         Ok(out)
+    }
+}
+
+/// Waits until a replica of `node` has every write made so far on the
+/// connection (`WAIT 1`). Redis replicates asynchronously: a tombstone the
+/// primary took but no replica got would vanish in a failover, and the
+/// promoted replica would serve the old value to every instance. So on a
+/// cluster a removal counts only once a replica has it; otherwise it is
+/// remembered and retried (on whichever node serves the slot by then).
+async fn replicated(conn: &mut Link, node: &str, wait_ms: u64) -> redis::RedisResult<()> {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(wait_ms);
+    let acks: i64 = conn.on_node(&wait, node).await?;
+    if acks >= 1 {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no replica acknowledged the removal",
+            format!("WAIT 1 {wait_ms} on {node} answered {acks}"),
+        )))
     }
 }
 

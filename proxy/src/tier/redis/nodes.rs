@@ -82,6 +82,10 @@ impl Nodes {
         }
     }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.cluster
     }
@@ -143,6 +147,12 @@ impl Nodes {
                 (n, g)
             })
             .collect()
+    }
+
+    /// Whether a removal on `node` must be acknowledged by a replica: a
+    /// cluster primary that has one.
+    pub fn must_replicate(&self, node: &str) -> bool {
+        self.cluster && self.topology.load().has_replica(node)
     }
 
     /// A call to a node failed: read the slot map again now (a failover or
