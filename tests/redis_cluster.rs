@@ -568,3 +568,68 @@ async fn clearing_the_tier_marks_every_id_on_every_primary() {
     );
     tasks.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_no_replica_acknowledged_stays_pending_and_lands_on_the_promoted_node() {
+    // Redis replicates asynchronously: a tombstone only the primary took is
+    // lost if it dies, and its promoted replica would serve the removed
+    // value. So a removal on a cluster counts once a replica acknowledged
+    // it (WAIT 1); until then it stays pending and is retried wherever the
+    // slot is served. Shown here: pending while the replica is frozen, then
+    // applied on the promoted replica, and no instance serving the old
+    // value. (A frozen replica still finds the tombstone in its socket
+    // buffer when resumed, so the last check would pass without the wait
+    // too; the first two are what the wait changes.) A node timeout of
+    // 5 s gives room between freezing the replica and the cluster calling
+    // it failed, which drops it from the slot map the proxy waits on.
+    let mut c = RedisCluster::start_with_node_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
+    let sim = sim_origin(100, Duration::ZERO).await;
+    let a = start_proxy(&cluster_config(&sim, &c)).await;
+    let b = start_proxy(&cluster_config(&sim, &c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+    let x = user_id(11);
+    let (v0, tier) = served(&client, a.main_addr(), &x).await;
+    assert_eq!(tier, "origin");
+    c.wait_replicated().await.unwrap();
+    let primary = c
+        .primary_of_slot(RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes()))
+        .await
+        .unwrap();
+    let replica = c.replicas_of(primary).await.unwrap()[0];
+
+    // The replica stops taking writes; X changes and is invalidated on A.
+    // The tombstone lands on the primary, no replica acknowledges it, so A
+    // keeps the removal pending.
+    c.pause_node(replica).unwrap();
+    assert!(sim.update_user(&x));
+    purge(&client, a.admin_addr(), &x).await;
+    let pending = stats(&client, &a).await["tiers"]["redis"]["pending_removals"].clone();
+    assert_eq!(pending, json!(1), "the removal waits for a replica");
+
+    // The primary dies before the replica got the tombstone; the replica,
+    // resumed, is promoted with X's old value. A's retry puts the
+    // tombstone there.
+    c.kill_node(primary).await.unwrap();
+    c.resume_node(replica).unwrap();
+    let (promoted, _) = c.wait_failover(primary).await.unwrap();
+    assert_eq!(promoted, replica);
+    wait_until("A's removal lands on the promoted node", || async {
+        stats(&client, &a).await["tiers"]["redis"]["pending_removals"] == json!(0)
+    })
+    .await;
+    let received = messages_received(&client, &b).await;
+    assert!(received >= 1, "B heard of the invalidation");
+    for app in [&a, &b] {
+        let (v, _) = served(&client, app.main_addr(), &x).await;
+        assert!(
+            v > v0,
+            "no instance serves the value the invalidation removed ({v0} -> {v})"
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

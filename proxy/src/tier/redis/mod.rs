@@ -254,7 +254,9 @@ impl Tier for RedisTier {
     }
 
     fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.nodes.stats()
+        let mut m = self.nodes.stats();
+        m.insert("pending_removals".into(), self.pending.len().into());
+        m
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
