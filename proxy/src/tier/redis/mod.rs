@@ -155,12 +155,28 @@ impl RedisTier {
                     for (keys, vs) in calls.iter().zip(answers) {
                         versions.extend(keys.iter().map(|(i, _)| *i).zip(vs));
                     }
-                    if self.nodes.must_replicate(&g.node) {
-                        replicated(&mut conn.clone(), &g.node, wait_ms).await?;
-                    }
                     Ok::<_, redis::RedisError>(versions)
                 };
-                g.guard.call(work).await
+                let versions = g.guard.call(work).await?;
+                // Outside the guard: a lagging replica is no reason to stop
+                // reading from a healthy primary.
+                if self.nodes.must_replicate(&g.node) {
+                    let waited = tokio::time::timeout(
+                        self.nodes.timeout(),
+                        replicated(&mut conn.clone(), &g.node, wait_ms),
+                    )
+                    .await;
+                    if let Err(detail) = waited
+                        .map_err(|_| "WAIT did not answer".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        return Err(TierError::Failed {
+                            tier: "redis",
+                            detail,
+                        });
+                    }
+                }
+                Ok(versions)
             }
         });
         let mut out = vec![0; ids.len()];
