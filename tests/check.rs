@@ -321,3 +321,44 @@ fn a_valid_file_still_says_ok() {
         run.stdout
     );
 }
+
+#[test]
+fn redis_cluster_and_tls_keys_are_checked_without_connecting() {
+    one_problem(
+        &check("[tiers.redis]\nmode = \"cluster\"\n"),
+        "tiers.redis.nodes",
+        &["at least one seed node"],
+    );
+    one_problem(
+        &check("[tiers.redis]\nmode = \"cluster\"\nnodes = [\"redis://127.0.0.1:7000\", \"127.0.0.1:7001\"]\n"),
+        "tiers.redis.nodes[1]",
+        &["must start with redis://"],
+    );
+    one_problem(
+        &check("[tiers.redis]\nmode = \"sharded\"\nurl = \"redis://127.0.0.1:6379\"\n"),
+        "tiers.redis.mode",
+        &["sharded"],
+    );
+    one_problem(
+        &check("[tiers.redis]\nurl = \"rediss://127.0.0.1:6380\"\ntls_ca_file = \"certs/redis-ca.pem\"\n"),
+        "tiers.redis.tls_ca_file",
+        &["certs/redis-ca.pem"],
+    );
+    one_problem(
+        &check("[tiers.redis]\nurl = \"rediss://app@127.0.0.1:6380\"\npassword_env = \"PE_CHECK_SURELY_UNSET\"\n"),
+        "tiers.redis.password_env",
+        &["PE_CHECK_SURELY_UNSET is not set"],
+    );
+    // A password written into the URL is never echoed back.
+    let run = check("[tiers.redis]\nurl = \"http://app:hunter2@127.0.0.1:6380\"\n");
+    let line = one_problem(&run, "tiers.redis.url", &["app:***@"]);
+    assert!(!line.contains("hunter2"), "{line}");
+    one_problem(
+        &check("[tiers.redis]\nmode = \"cluster\"\nnodes = [\"redis://127.0.0.1:7000\"]\n[backplane]\ntls_ca_file = \"ca.pem\"\n"),
+        "backplane.tls_ca_file",
+        &["backplane.url of its own"],
+    );
+    // A valid cluster section passes, with nothing listening.
+    let ok = check("[tiers.redis]\nmode = \"cluster\"\nnodes = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n[backplane]\n");
+    assert_eq!(ok.code, Some(0), "{:?}", ok.problems);
+}

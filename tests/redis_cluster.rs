@@ -1,7 +1,8 @@
 //! The Redis tier and the backplane on a real six-node Redis Cluster (3
 //! primaries, 3 replicas, `tests/harness`): 10 000 ids over every slot
 //! written, read back by a second instance and invalidated; a primary
-//! killed under load; a slot moved under load. Verdicts are counts
+//! killed under load (the one holding the backplane's log); a slot moved
+//! under load (a profile's, and the log's). Verdicts are counts
 //! (failed requests, origin calls, stale reads, hits); the waits are gates
 //! on the cluster's and the instances' own state, never sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,6 +55,28 @@ async fn direct(c: &RedisCluster) -> redis::cluster_async::ClusterConnection {
         .get_async_connection()
         .await
         .unwrap()
+}
+
+/// How many of `keys` hold a value starting with `head` (`PE2`: a record
+/// of the tier; `PE2` then 2: a tombstone).
+async fn count_values(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    keys: &[String],
+    head: &[u8],
+) -> usize {
+    let mut n = 0;
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(chunk)
+            .query_async(conn)
+            .await
+            .unwrap();
+        n += values
+            .iter()
+            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(head)))
+            .count();
+    }
+    n
 }
 
 async fn stats(client: &HttpClient, app: &App) -> Value {
@@ -133,18 +156,7 @@ async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated(
     );
     let mut conn = direct(&c).await;
     let keys: Vec<String> = ids.iter().map(|id| format!("{PREFIX}{id}")).collect();
-    let mut stored = 0;
-    for chunk in keys.chunks(500) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        stored += values
-            .iter()
-            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2")))
-            .count();
-    }
+    let stored = count_values(&mut conn, &keys, b"PE2").await;
     assert_eq!(stored, N, "every id is in the cluster");
 
     // Read back by a second instance: every answer from Redis, no origin call.
@@ -166,18 +178,7 @@ async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated(
             async move { purge(client, a_admin, id).await }
         })
         .await;
-    let mut tombstones = 0;
-    for chunk in keys.chunks(500) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        tombstones += values
-            .iter()
-            .filter(|v| v.as_ref().is_some_and(|v| v.starts_with(b"PE2\x02")))
-            .count();
-    }
+    let tombstones = count_values(&mut conn, &keys, b"PE2\x02").await;
     assert_eq!(tombstones, N, "every id removed from the cluster");
     wait_until("B applies every invalidation", || async {
         messages_received(&client, &b).await >= received_before + N as u64
@@ -286,6 +287,15 @@ impl Load {
     }
 }
 
+/// A primary other than `port`.
+async fn other_primary(c: &RedisCluster, port: u16) -> u16 {
+    let primaries = c.primaries().await.unwrap();
+    *primaries
+        .iter()
+        .find(|p| **p != port)
+        .expect("three primaries")
+}
+
 /// Ids whose keys live on `port` (by the cluster's map), from `range`.
 async fn ids_on(
     c: &RedisCluster,
@@ -332,7 +342,21 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
     load.run_past(200).await;
 
+    // Ids on another primary, in Redis but not yet in B's memory.
+    let survivor = other_primary(&c, victim).await;
+    let elsewhere = ids_on(&c, survivor, 3_000..4_000, 20).await;
+    get_all(&client, a.main_addr(), &elsewhere).await;
+
     c.kill_node(victim).await.unwrap();
+    // Breakers are per node: while the victim is down and not yet
+    // replaced, the other primaries' ids are still Redis hits.
+    for (id, status, tier) in get_all(&client, b.main_addr(), &elsewhere).await {
+        assert_eq!(
+            (status, tier.as_str()),
+            (200, "redis"),
+            "{id} on a live node while another is down"
+        );
+    }
     load.run_past(200).await;
     let (promoted, took) = c.wait_failover(victim).await.unwrap();
     eprintln!("failover: 127.0.0.1:{victim} -> 127.0.0.1:{promoted} in {took:?}");
@@ -348,7 +372,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     for app in [&a, &b] {
         wait_until("the instance sees the promoted primary", || async {
             let primaries = stats(&client, app).await["tiers"]["redis"]["primaries"].clone();
-            let has = |p: u16| primaries.as_array().is_some_and(|a| a.contains(&json!(format!("127.0.0.1:{p}"))));
+            let has = |p: u16| {
+                primaries
+                    .as_array()
+                    .is_some_and(|a| a.contains(&json!(format!("127.0.0.1:{p}"))))
+            };
             has(promoted) && !has(victim)
         })
         .await;
@@ -359,7 +387,11 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     }
     let hits_before = redis_hits(&client, &b).await;
     for (id, status, tier) in get_all(&client, b.main_addr(), &fresh).await {
-        assert_eq!((status, tier.as_str()), (200, "redis"), "{id} through B, from the promoted node");
+        assert_eq!(
+            (status, tier.as_str()),
+            (200, "redis"),
+            "{id} through B, from the promoted node"
+        );
     }
     assert_eq!(
         redis_hits(&client, &b).await - hits_before,
@@ -410,19 +442,18 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     let x = user_id(7);
     let slot = RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes());
     let from = c.primary_of_slot(slot).await.unwrap();
-    let to = *c
-        .primaries()
-        .await
-        .unwrap()
-        .iter()
-        .find(|p| **p != from)
-        .unwrap();
+    let to = other_primary(&c, from).await;
     let warm: Vec<String> = (0..200).map(user_id).collect();
     get_all(&client, a.main_addr(), &warm).await;
     let cold: Vec<String> = (1_000..3_000).map(user_id).collect();
     let load = Load::start(&[a.main_addr(), b.main_addr()], &warm, cold);
     load.run_past(200).await;
     c.migrate_slot(slot, to).await.unwrap();
+    // The backplane's log moves too: its readers follow it.
+    let log_slot = RedisCluster::slot_of(format!("{CHANNEL}:log").as_bytes());
+    let log_from = c.primary_of_slot(log_slot).await.unwrap();
+    let log_to = other_primary(&c, log_from).await;
+    c.migrate_slot(log_slot, log_to).await.unwrap();
     load.run_past(300).await;
     let (requests, failures, _) = load.stop().await;
     assert_eq!(failures, 0, "no client request failed ({requests} made)");
@@ -447,6 +478,158 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
         }
     }
     assert_eq!(stale, 0, "no stale read after the invalidation");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_unreachable_at_start_up_costs_no_request() {
+    // Seeds where nothing listens: the proxy starts, is ready, and answers
+    // from the origin with the tier's breaker open.
+    let sim = sim_origin(100, Duration::ZERO).await;
+    let seeds: Vec<String> = (0..3)
+        .map(|_| format!("\"redis://127.0.0.1:{}\"", free_port()))
+        .collect();
+    let app = start_proxy(&profile_config(
+        &sim.officer_url(),
+        &format!(
+            "[tiers.redis]\nmode = \"cluster\"\nnodes = [{}]\ntimeout = \"2s\"\nconnect_timeout = \"500ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"1h\"\n\n[backplane]\nchannel = \"{CHANNEL}\"\n",
+            seeds.join(", ")
+        ),
+    ))
+    .await;
+    let client = client();
+    let (status, _, _) = get(&client, &format!("http://{}/readyz", app.admin_addr())).await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..10 {
+        let (v, tier) = served(&client, app.main_addr(), &user_id(i)).await;
+        assert!(v > 0);
+        assert_eq!(tier, "origin");
+    }
+    let s = stats(&client, &app).await;
+    assert_eq!(s["tiers"]["redis"]["breaker_open"], json!(true), "{s}");
+    assert_eq!(s["backplane"]["connected"], json!(false), "{s}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_the_tier_marks_every_id_on_every_primary() {
+    // What a change stream that lost its history does (`remove_all`):
+    // every primary scanned, every id tombstoned, so no load in flight
+    // anywhere can write its value back.
+    use profile_edge::tier::{Entry, Tier};
+    let c = cluster().await;
+    let cfg: profile_edge::config::RedisTierConfig = toml::from_str(&format!(
+        "mode = \"cluster\"\nnodes = [{}]\nkey_prefix = \"{PREFIX}\"\ntimeout = \"2s\"\n",
+        c.seeds()
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    let tasks = profile_edge::lifecycle::Tasks::new();
+    let tier =
+        profile_edge::tier::redis::RedisTier::new(&cfg, Duration::from_secs(60), &tasks).unwrap();
+    wait_until("the tier knows the cluster's primaries", || async {
+        tier.stats()["primaries"]
+            .as_array()
+            .is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    let now = profile_edge::tier::now_ms();
+    let entries: Vec<(String, Entry)> = (0..2_000)
+        .map(|i| {
+            let body = bytes::Bytes::from(format!("{{\"id\":{i}}}"));
+            (
+                user_id(i),
+                Entry::from_origin(Some(body), now, Duration::from_secs(600)),
+            )
+        })
+        .collect();
+    for chunk in entries.chunks(50) {
+        tier.put_many(chunk).await.unwrap();
+    }
+    let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+    let before = tier.get_many(&ids).await.unwrap();
+    assert!(before.iter().all(|s| s.entry.is_some() && s.version == 0));
+    let marked = tier.remove_all().await.unwrap();
+    assert_eq!(marked, 2_000);
+    let after = tier.get_many(&ids).await.unwrap();
+    assert!(after
+        .iter()
+        .all(|s| s.entry.is_none() && s.version == 1 && s.reached));
+    // A write under the version read before the clear is refused.
+    let late = tier.put_many(&entries[..10]).await.unwrap();
+    assert!(
+        late.iter()
+            .all(|w| *w == profile_edge::tier::Written::Superseded),
+        "{late:?}"
+    );
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removal_no_replica_acknowledged_stays_pending_and_lands_on_the_promoted_node() {
+    // Redis replicates asynchronously: a tombstone only the primary took is
+    // lost if it dies, and its promoted replica would serve the removed
+    // value. So a removal on a cluster counts once a replica acknowledged
+    // it (WAIT 1); until then it stays pending and is retried wherever the
+    // slot is served. Shown here: pending while the replica is frozen, then
+    // applied on the promoted replica, and no instance serving the old
+    // value. (A frozen replica still finds the tombstone in its socket
+    // buffer when resumed, so the last check would pass without the wait
+    // too; the first two are what the wait changes.) A node timeout of
+    // 5 s gives room between freezing the replica and the cluster calling
+    // it failed, which drops it from the slot map the proxy waits on.
+    let mut c = RedisCluster::start_with_node_timeout(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
+    let sim = sim_origin(100, Duration::ZERO).await;
+    let a = start_proxy(&cluster_config(&sim, &c)).await;
+    let b = start_proxy(&cluster_config(&sim, &c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+    let x = user_id(11);
+    let (v0, tier) = served(&client, a.main_addr(), &x).await;
+    assert_eq!(tier, "origin");
+    c.wait_replicated().await.unwrap();
+    let primary = c
+        .primary_of_slot(RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes()))
+        .await
+        .unwrap();
+    let replica = c.replicas_of(primary).await.unwrap()[0];
+
+    // The replica stops taking writes; X changes and is invalidated on A.
+    // The tombstone lands on the primary, no replica acknowledges it, so A
+    // keeps the removal pending.
+    c.pause_node(replica).unwrap();
+    assert!(sim.update_user(&x));
+    purge(&client, a.admin_addr(), &x).await;
+    let pending = stats(&client, &a).await["tiers"]["redis"]["pending_removals"].clone();
+    assert_eq!(pending, json!(1), "the removal waits for a replica");
+
+    // The primary dies before the replica got the tombstone; the replica,
+    // resumed, is promoted with X's old value. A's retry puts the
+    // tombstone there.
+    c.kill_node(primary).await.unwrap();
+    c.resume_node(replica).unwrap();
+    let (promoted, _) = c.wait_failover(primary).await.unwrap();
+    assert_eq!(promoted, replica);
+    wait_until("A's removal lands on the promoted node", || async {
+        stats(&client, &a).await["tiers"]["redis"]["pending_removals"] == json!(0)
+    })
+    .await;
+    let received = messages_received(&client, &b).await;
+    assert!(received >= 1, "B heard of the invalidation");
+    for app in [&a, &b] {
+        let (v, _) = served(&client, app.main_addr(), &x).await;
+        assert!(
+            v > v0,
+            "no instance serves the value the invalidation removed ({v0} -> {v})"
+        );
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

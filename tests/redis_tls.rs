@@ -76,14 +76,21 @@ async fn tls_and_acl_auth_with_the_password_from_an_env_var_that_is_never_logged
         .unwrap();
     let line = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(refused.status.code(), Some(1), "{line}");
-    assert!(line.contains("tiers.redis.password_env") && line.contains(VAR), "{line}");
+    assert!(
+        line.contains("tiers.redis.password_env") && line.contains(VAR),
+        "{line}"
+    );
     let accepted = Command::new(bin())
         .args(["check", "--config"])
         .arg(&a_config)
         .env(VAR, PASSWORD)
         .output()
         .unwrap();
-    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
 
     let log_path = dir.path().join("a.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -124,8 +131,14 @@ async fn tls_and_acl_auth_with_the_password_from_an_env_var_that_is_never_logged
     drop(a);
     b.shutdown().await;
     let text = std::fs::read_to_string(&log_path).unwrap();
-    assert!(text.contains("redis tier configured"), "A logged its tier:\n{text}");
-    assert!(!text.contains(PASSWORD), "the password is in the log:\n{text}");
+    assert!(
+        text.contains("redis tier configured"),
+        "A logged its tier:\n{text}"
+    );
+    assert!(
+        !text.contains(PASSWORD),
+        "the password is in the log:\n{text}"
+    );
 }
 
 /// A port that was free a moment ago, as a listen address.
@@ -154,8 +167,15 @@ async fn a_server_certificate_from_another_ca_is_refused_and_requests_still_succ
     .await;
     let client = client();
     for i in 0..10 {
-        let (status, _, _) = get(&client, &format!("http://{}/api/users/{}", app.main_addr(), user_id(i))).await;
-        assert_eq!(status, 200, "a Redis that cannot be trusted costs no request");
+        let (status, _, _) = get(
+            &client,
+            &format!("http://{}/api/users/{}", app.main_addr(), user_id(i)),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "a Redis that cannot be trusted costs no request"
+        );
     }
     let s = stats(&client, app.admin_addr()).await;
     assert_eq!(s["tiers"]["redis"]["breaker_open"], json!(true), "{s}");
@@ -182,7 +202,10 @@ async fn a_tls_cluster_serves_the_tier_and_the_backplane() {
     let c = RedisCluster::start_tls()
         .await
         .unwrap_or_else(|e| panic!("cannot start a TLS Redis Cluster: {e}"));
-    let ca = c.ca_pem_path().expect("a TLS cluster has a CA").to_path_buf();
+    let ca = c
+        .ca_pem_path()
+        .expect("a TLS cluster has a CA")
+        .to_path_buf();
     let sim: SimOrigin = sim_origin(1_000, Duration::ZERO).await;
     let nodes: Vec<String> = c.seeds().iter().map(|s| format!("{s:?}")).collect();
     let text = profile_config(

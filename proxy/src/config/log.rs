@@ -57,9 +57,17 @@ impl LogConfig {
 /// A tracing filter with each comma-separated directive trimmed first (see
 /// `LogConfig::filter`); `RUST_LOG` goes through it too.
 pub fn parse_filter(text: &str) -> Result<EnvFilter, ParseError> {
-    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    let mut directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    // The Redis client library logs each reconnect attempt at WARN, many a
+    // second while a cluster node is down; the proxy's own breaker lines
+    // say the same once per cooldown. Kept to errors unless asked for.
+    if !directives.iter().any(|d| d.starts_with("redis")) {
+        directives.push(QUIET_REDIS);
+    }
     EnvFilter::try_new(directives.join(","))
 }
+
+const QUIET_REDIS: &str = "redis=error";
 
 #[cfg(test)]
 mod tests {
@@ -74,6 +82,16 @@ mod tests {
 
     /// Found by tests/fuzz (config): this level panicked inside
     /// tracing-subscriber instead of being read or refused.
+    #[test]
+    fn the_redis_library_is_quiet_unless_named() {
+        let quiet = parse_filter("info").expect("parses").to_string();
+        assert!(quiet.contains("redis=error"), "{quiet}");
+        let asked = parse_filter("info,redis=debug")
+            .expect("parses")
+            .to_string();
+        assert!(!asked.contains("redis=error"), "{asked}");
+    }
+
     #[test]
     fn leading_space_before_a_multibyte_directive_does_not_panic() {
         assert!(level(" \u{e9}=info").validate().is_empty());

@@ -16,6 +16,8 @@ pub type Node = Arc<str>;
 pub struct Topology {
     /// Slot ranges (first, last, primary), sorted by first slot.
     ranges: Vec<(u16, u16, Node)>,
+    /// Primaries that have at least one replica.
+    replicated: Vec<Node>,
 }
 
 impl Topology {
@@ -27,6 +29,7 @@ impl Topology {
             return None;
         };
         let mut ranges = Vec::with_capacity(items.len());
+        let mut replicated = Vec::new();
         for item in items {
             let Value::Array(fields) = item else { continue };
             let (Some(first), Some(last), Some(Value::Array(primary))) = (
@@ -49,13 +52,18 @@ impl Topology {
             let (Ok(first), Ok(last)) = (u16::try_from(first), u16::try_from(last)) else {
                 continue;
             };
-            ranges.push((first, last, Node::from(format!("{host}:{port}"))));
+            let node = Node::from(format!("{host}:{port}"));
+            // Entries after the primary are its replicas.
+            if fields.len() > 3 && !replicated.contains(&node) {
+                replicated.push(node.clone());
+            }
+            ranges.push((first, last, node));
         }
         if ranges.is_empty() {
             return None;
         }
         ranges.sort_by_key(|r| r.0);
-        Some(Topology { ranges })
+        Some(Topology { ranges, replicated })
     }
 
     /// The primary serving `slot`, if the map covers it.
@@ -74,6 +82,12 @@ impl Topology {
             }
         }
         out
+    }
+
+    /// Whether `node` is a primary with a replica (a removal there must
+    /// reach one before it counts: see the Redis tier).
+    pub fn has_replica(&self, node: &str) -> bool {
+        self.replicated.iter().any(|n| &**n == node)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,6 +144,8 @@ mod tests {
         assert_eq!(t.node_of(5461).map(|n| &**n), Some("10.0.0.2:7001"));
         assert_eq!(t.node_of(16383).map(|n| &**n), Some("10.0.0.3:7002"));
         assert_eq!(t.primaries().len(), 3);
+        assert!(t.has_replica("10.0.0.2:7001"));
+        assert!(!t.has_replica("10.0.0.3:7002"));
     }
 
     #[test]

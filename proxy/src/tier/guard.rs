@@ -109,6 +109,10 @@ impl Pending {
         self.lock().is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     fn snapshot(&self) -> Vec<String> {
         self.lock().iter().cloned().collect()
     }

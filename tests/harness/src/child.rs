@@ -104,6 +104,31 @@ impl ChildServer {
         }
     }
 
+    /// Stops (`STOP`) or resumes (`CONT`) its process group: a frozen
+    /// server keeps its sockets open but answers nothing, as a hung host
+    /// or a long GC pause would.
+    pub fn signal(&self, sig: &str) -> io::Result<()> {
+        let child = self.child.as_ref().ok_or_else(|| {
+            io::Error::other(format!(
+                "{} on port {} is not running",
+                self.what, self.port
+            ))
+        })?;
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), "--", &format!("-{}", child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "kill -{sig} of {} on port {} failed: {status}",
+                self.what, self.port
+            )))
+        }
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -162,6 +162,8 @@ pub struct RedisCluster {
     tls: Option<TlsFiles>,
     dialer: Dialer,
     killed: HashMap<u16, Killed>,
+    /// `cluster-node-timeout` of every node, ms.
+    node_timeout_ms: u64,
     /// Last field: dropped after the nodes are dead.
     _tmp: tempfile::TempDir,
 }
@@ -171,17 +173,27 @@ impl RedisCluster {
     /// `cluster_state:ok`, all 16384 slots are served, all nodes agree on
     /// who serves them, and every replica's link to its primary is up.
     pub async fn start() -> io::Result<RedisCluster> {
-        RedisCluster::launch(false).await
+        RedisCluster::launch(false, NODE_TIMEOUT_MS).await
+    }
+
+    /// Like [`RedisCluster::start`] with another `cluster-node-timeout`:
+    /// a longer one gives a test room between a node going silent and the
+    /// cluster marking it failed.
+    pub async fn start_with_node_timeout(node_timeout: Duration) -> io::Result<RedisCluster> {
+        let ms = u64::try_from(node_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        RedisCluster::launch(false, ms).await
     }
 
     /// The same over TLS only (`--port 0 --tls-port P --tls-cluster yes
     /// --tls-replication yes`), with a CA and certificate made for it
     /// ([`RedisCluster::ca_pem_path`]); no client certificate required.
     pub async fn start_tls() -> io::Result<RedisCluster> {
-        RedisCluster::launch(true).await
+        RedisCluster::launch(true, NODE_TIMEOUT_MS).await
     }
 
-    async fn launch(tls: bool) -> io::Result<RedisCluster> {
+    async fn launch(tls: bool, node_timeout_ms: u64) -> io::Result<RedisCluster> {
         let tmp = tempfile::Builder::new()
             .prefix("redis-cluster-")
             .tempdir()?;
@@ -199,6 +211,7 @@ impl RedisCluster {
             tls: files,
             dialer,
             killed: HashMap::new(),
+            node_timeout_ms,
             _tmp: tmp,
         };
         for i in 0..NODES {
@@ -243,7 +256,7 @@ impl RedisCluster {
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .args(["--cluster-node-timeout", &self.node_timeout_ms.to_string()])
             .args(["--cluster-require-full-coverage", "no"])
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--cluster-allow-replica-migration", "no"])
@@ -602,6 +615,33 @@ impl RedisCluster {
         Ok((promoted, killed.at.elapsed()))
     }
 
+    /// Freezes the node on `port` (SIGSTOP to its process group): it
+    /// keeps its connections but processes nothing, replication included,
+    /// until [`RedisCluster::resume_node`].
+    pub fn pause_node(&self, port: u16) -> io::Result<()> {
+        self.node(port)?.server.signal("STOP")
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume_node(&self, port: u16) -> io::Result<()> {
+        self.node(port)?.server.signal("CONT")
+    }
+
+    fn node(&self, port: u16) -> io::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.server.port == port)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "no node on port {port} in this cluster ({:?})",
+                        self.ports()
+                    ),
+                )
+            })
+    }
+
     /// Starts a killed node again on its port and dir. Its `nodes.conf`
     /// makes it rejoin; a killed primary comes back as a replica of the
     /// primary with the fewest replicas (the one promoted in its place).
@@ -649,13 +689,7 @@ impl RedisCluster {
         if own.iter().any(|r| r.primary == port) {
             return Err(format!("127.0.0.1:{port} still claims slots"));
         }
-        let info = self
-            .dialer
-            .cmd(port, &["INFO", "replication"])
-            .await
-            .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
-            .text()
-            .unwrap_or_default();
+        let info = self.info_replication(port).await?;
         if !info.lines().any(|l| l.trim() == "role:master") {
             return Ok(());
         }
@@ -888,17 +922,22 @@ impl RedisCluster {
         Ok(map)
     }
 
+    /// `INFO replication` of the node on `port`, as text.
+    async fn info_replication(&self, port: u16) -> Result<String, String> {
+        Ok(self
+            .dialer
+            .cmd(port, &["INFO", "replication"])
+            .await
+            .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
+            .text()
+            .unwrap_or_default())
+    }
+
     /// `Ok` when every replica in `map` says `master_link_status:up`.
     async fn replica_links_up(&self, map: &[SlotRange]) -> Result<(), String> {
         let replicas: BTreeSet<u16> = map.iter().flat_map(|r| r.replicas.clone()).collect();
         for port in replicas {
-            let info = self
-                .dialer
-                .cmd(port, &["INFO", "replication"])
-                .await
-                .map_err(|e| format!("127.0.0.1:{port}: INFO: {e}"))?
-                .text()
-                .unwrap_or_default();
+            let info = self.info_replication(port).await?;
             if !info.lines().any(|l| l.trim() == "master_link_status:up") {
                 return Err(format!(
                     "replica 127.0.0.1:{port}: link to its primary not up yet"

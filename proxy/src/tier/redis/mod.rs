@@ -114,16 +114,13 @@ impl RedisTier {
 
     /// One node's keys split into script calls: on a cluster one per slot
     /// (a script may not cross slots), standalone all in one.
-    fn per_call(&self, items: &[Keyed]) -> Vec<Vec<Keyed>> {
+    fn per_call<'a>(&self, items: &'a [Keyed]) -> Vec<Vec<&'a Keyed>> {
         if !self.nodes.is_cluster() {
-            return vec![items.to_vec()];
+            return vec![items.iter().collect()];
         }
-        let mut by_slot: BTreeMap<u16, Vec<Keyed>> = BTreeMap::new();
+        let mut by_slot: BTreeMap<u16, Vec<&Keyed>> = BTreeMap::new();
         for k in items {
-            by_slot
-                .entry(slot(k.1.as_bytes()))
-                .or_default()
-                .push(k.clone());
+            by_slot.entry(slot(k.1.as_bytes())).or_default().push(k);
         }
         by_slot.into_values().collect()
     }
@@ -135,6 +132,7 @@ impl RedisTier {
     /// a second tombstone only bumps the version again).
     async fn delete(&self, ids: &[String]) -> Result<Vec<u64>, TierError> {
         let px = super::millis(self.ttl + self.max_stale).max(1);
+        let wait_ms = (super::millis(self.nodes.timeout()) / 2).max(1);
         let head = codec::tombstone_head();
         let groups = self.groups(ids.iter().map(String::as_str));
         let calls = groups.iter().map(|g| {
@@ -159,7 +157,26 @@ impl RedisTier {
                     }
                     Ok::<_, redis::RedisError>(versions)
                 };
-                g.guard.call(work).await
+                let versions = g.guard.call(work).await?;
+                // Outside the guard: a lagging replica is no reason to stop
+                // reading from a healthy primary.
+                if self.nodes.must_replicate(&g.node) {
+                    let waited = tokio::time::timeout(
+                        self.nodes.timeout(),
+                        replicated(&mut conn.clone(), &g.node, wait_ms),
+                    )
+                    .await;
+                    if let Err(detail) = waited
+                        .map_err(|_| "WAIT did not answer".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        return Err(TierError::Failed {
+                            tier: "redis",
+                            detail,
+                        });
+                    }
+                }
+                Ok(versions)
             }
         });
         let mut out = vec![0; ids.len()];
@@ -177,6 +194,27 @@ impl RedisTier {
             }
         }
         Ok(out)
+    }
+}
+
+/// Waits until a replica of `node` has every write made so far on the
+/// connection (`WAIT 1`). Redis replicates asynchronously: a tombstone the
+/// primary took but no replica got would vanish in a failover, and the
+/// promoted replica would serve the old value to every instance. So on a
+/// cluster a removal counts only once a replica has it; otherwise it is
+/// remembered and retried (on whichever node serves the slot by then).
+async fn replicated(conn: &mut Link, node: &str, wait_ms: u64) -> redis::RedisResult<()> {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(wait_ms);
+    let acks: i64 = conn.on_node(&wait, node).await?;
+    if acks >= 1 {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no replica acknowledged the removal",
+            format!("WAIT 1 {wait_ms} on {node} answered {acks}"),
+        )))
     }
 }
 
@@ -232,7 +270,9 @@ impl Tier for RedisTier {
     }
 
     fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.nodes.stats()
+        let mut m = self.nodes.stats();
+        m.insert("pending_removals".into(), self.pending.len().into());
+        m
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {

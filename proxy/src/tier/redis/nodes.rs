@@ -37,6 +37,9 @@ pub struct Nodes {
     /// Host to use for a node that reports an empty one.
     seed_host: String,
     topology: ArcSwap<Topology>,
+    /// A standalone Redis's one node, made once: the request path takes
+    /// no lock for it.
+    single: (Node, Arc<Guard>),
     guards: Mutex<HashMap<Node, Arc<Guard>>>,
     refresh: Notify,
 }
@@ -56,6 +59,16 @@ impl Nodes {
         failures: u32,
         cooldown: Duration,
     ) -> Nodes {
+        let node = Node::from("redis");
+        let guard = Arc::new(Guard {
+            tier: "redis",
+            timeout,
+            breaker: Breaker::new(failures, cooldown),
+        });
+        let mut guards = HashMap::new();
+        if !cluster {
+            guards.insert(node.clone(), guard.clone());
+        }
         Nodes {
             cluster,
             timeout,
@@ -63,9 +76,14 @@ impl Nodes {
             cooldown,
             seed_host,
             topology: ArcSwap::from_pointee(Topology::default()),
-            guards: Mutex::new(HashMap::new()),
+            single: (node, guard),
+            guards: Mutex::new(guards),
             refresh: Notify::new(),
         }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -90,10 +108,9 @@ impl Nodes {
     /// first-seen order of nodes; standalone, one group.
     pub fn group<T>(&self, items: Vec<T>, key_of: impl Fn(&T) -> &[u8]) -> Vec<Group<T>> {
         if !self.cluster {
-            let node = Node::from("redis");
             return vec![Group {
-                guard: self.guard(&node),
-                node,
+                node: self.single.0.clone(),
+                guard: self.single.1.clone(),
                 items,
             }];
         }
@@ -119,8 +136,7 @@ impl Nodes {
     /// The primaries a full scan visits, each with its guard.
     pub fn primaries(&self) -> Vec<(Node, Arc<Guard>)> {
         if !self.cluster {
-            let node = Node::from("redis");
-            return vec![(node.clone(), self.guard(&node))];
+            return vec![self.single.clone()];
         }
         self.topology
             .load()
@@ -131,6 +147,12 @@ impl Nodes {
                 (n, g)
             })
             .collect()
+    }
+
+    /// Whether a removal on `node` must be acknowledged by a replica: a
+    /// cluster primary that has one.
+    pub fn must_replicate(&self, node: &str) -> bool {
+        self.cluster && self.topology.load().has_replica(node)
     }
 
     /// A call to a node failed: read the slot map again now (a failover or
