@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{join_all, try_join_all};
+use futures_util::future::try_join_all;
 use redis::Script;
 
 use super::codec::{self, Record};
@@ -135,52 +135,55 @@ impl RedisTier {
         let wait_ms = (super::millis(self.nodes.timeout()) / 2).max(1);
         let head = codec::tombstone_head();
         let groups = self.groups(ids.iter().map(String::as_str));
-        let calls = groups.iter().map(|g| {
-            let conn = self.conn.clone();
-            let calls = self.per_call(&g.items);
-            let head = &head;
-            async move {
-                let work = async {
-                    let mut versions: Vec<(usize, u64)> = Vec::with_capacity(g.items.len());
-                    let answers = try_join_all(calls.iter().map(|keys| {
-                        let mut call = self.remove_script.prepare_invoke();
-                        for (_, key) in keys {
-                            call.key(key);
+        let results = self
+            .nodes
+            .run(&groups, |g| {
+                let conn = self.conn.clone();
+                let calls = self.per_call(&g.items);
+                let head = &head;
+                async move {
+                    let work = async {
+                        let mut versions: Vec<(usize, u64)> = Vec::with_capacity(g.items.len());
+                        let answers = try_join_all(calls.iter().map(|keys| {
+                            let mut call = self.remove_script.prepare_invoke();
+                            for (_, key) in keys {
+                                call.key(key);
+                            }
+                            call.arg(head).arg(px);
+                            let mut conn = conn.clone();
+                            async move { call.invoke_async::<Vec<u64>>(&mut conn).await }
+                        }))
+                        .await?;
+                        for (keys, vs) in calls.iter().zip(answers) {
+                            versions.extend(keys.iter().map(|(i, _)| *i).zip(vs));
                         }
-                        call.arg(head).arg(px);
-                        let mut conn = conn.clone();
-                        async move { call.invoke_async::<Vec<u64>>(&mut conn).await }
-                    }))
-                    .await?;
-                    for (keys, vs) in calls.iter().zip(answers) {
-                        versions.extend(keys.iter().map(|(i, _)| *i).zip(vs));
+                        Ok::<_, redis::RedisError>(versions)
+                    };
+                    let versions = g.guard.call(work).await?;
+                    // Outside the guard: a lagging replica is no reason to stop
+                    // reading from a healthy primary.
+                    if self.nodes.must_replicate(&g.node) {
+                        let waited = tokio::time::timeout(
+                            self.nodes.timeout(),
+                            replicated(&mut conn.clone(), &g.node, wait_ms),
+                        )
+                        .await;
+                        if let Err(detail) = waited
+                            .map_err(|_| "WAIT did not answer".to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                        {
+                            return Err(TierError::Failed {
+                                tier: "redis",
+                                detail,
+                            });
+                        }
                     }
-                    Ok::<_, redis::RedisError>(versions)
-                };
-                let versions = g.guard.call(work).await?;
-                // Outside the guard: a lagging replica is no reason to stop
-                // reading from a healthy primary.
-                if self.nodes.must_replicate(&g.node) {
-                    let waited = tokio::time::timeout(
-                        self.nodes.timeout(),
-                        replicated(&mut conn.clone(), &g.node, wait_ms),
-                    )
-                    .await;
-                    if let Err(detail) = waited
-                        .map_err(|_| "WAIT did not answer".to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                    {
-                        return Err(TierError::Failed {
-                            tier: "redis",
-                            detail,
-                        });
-                    }
+                    Ok(versions)
                 }
-                Ok(versions)
-            }
-        });
+            })
+            .await;
         let mut out = vec![0; ids.len()];
-        for r in join_all(calls).await {
+        for r in results {
             match r {
                 Ok(versions) => {
                     for (i, v) in versions {
@@ -280,25 +283,28 @@ impl Tier for RedisTier {
             return Ok(Vec::new());
         }
         let groups = self.groups(ids.iter().map(String::as_str));
-        let reads = groups.iter().map(|g| {
-            let mut conn = self.conn.clone();
-            let keys: Vec<&str> = g.items.iter().map(|(_, k)| k.as_str()).collect();
-            async move {
-                g.guard
-                    .call(async move {
-                        redis::cmd("MGET")
-                            .arg(&keys)
-                            .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                            .await
-                    })
-                    .await
-            }
-        });
+        let results = self
+            .nodes
+            .run(&groups, |g| {
+                let mut conn = self.conn.clone();
+                let keys: Vec<&str> = g.items.iter().map(|(_, k)| k.as_str()).collect();
+                async move {
+                    g.guard
+                        .call(async move {
+                            redis::cmd("MGET")
+                                .arg(&keys)
+                                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
+                                .await
+                        })
+                        .await
+                }
+            })
+            .await;
         // Per id: None while its node was not reached.
         let mut values: Vec<Option<Option<Vec<u8>>>> = vec![None; ids.len()];
         let mut reached = false;
         let mut first_error = None;
-        for (g, r) in groups.iter().zip(join_all(reads).await) {
+        for (g, r) in groups.iter().zip(results) {
             match r {
                 Ok(vals) => {
                     reached = true;
@@ -355,39 +361,42 @@ impl Tier for RedisTier {
             .map(|&i| entries[i].1.restamped(now, self.ttl, self.max_stale))
             .collect();
         let groups = self.groups(send.iter().map(|&i| entries[i].0.as_str()));
-        let writes = groups.iter().map(|g| {
-            let calls = self.per_call(&g.items);
-            let conn = self.conn.clone();
-            let stamped = &stamped;
-            async move {
-                let work = async {
-                    let answers = try_join_all(calls.iter().map(|keys| {
-                        let mut call = self.put_script.prepare_invoke();
-                        for (j, key) in keys {
-                            let e = &stamped[*j];
-                            let px = e.stale_until.saturating_sub(now).max(1);
-                            call.key(key)
-                                .arg(codec::encode(e))
-                                .arg(px)
-                                .arg(codec::hex16(e.version))
-                                .arg(codec::hex16(e.order));
+        let results = self
+            .nodes
+            .run(&groups, |g| {
+                let calls = self.per_call(&g.items);
+                let conn = self.conn.clone();
+                let stamped = &stamped;
+                async move {
+                    let work = async {
+                        let answers = try_join_all(calls.iter().map(|keys| {
+                            let mut call = self.put_script.prepare_invoke();
+                            for (j, key) in keys {
+                                let e = &stamped[*j];
+                                let px = e.stale_until.saturating_sub(now).max(1);
+                                call.key(key)
+                                    .arg(codec::encode(e))
+                                    .arg(px)
+                                    .arg(codec::hex16(e.version))
+                                    .arg(codec::hex16(e.order));
+                            }
+                            let mut conn = conn.clone();
+                            async move { call.invoke_async::<Vec<u8>>(&mut conn).await }
+                        }))
+                        .await?;
+                        let mut written: Vec<(usize, u8)> = Vec::with_capacity(g.items.len());
+                        for (keys, a) in calls.iter().zip(answers) {
+                            written.extend(keys.iter().map(|(j, _)| *j).zip(a));
                         }
-                        let mut conn = conn.clone();
-                        async move { call.invoke_async::<Vec<u8>>(&mut conn).await }
-                    }))
-                    .await?;
-                    let mut written: Vec<(usize, u8)> = Vec::with_capacity(g.items.len());
-                    for (keys, a) in calls.iter().zip(answers) {
-                        written.extend(keys.iter().map(|(j, _)| *j).zip(a));
-                    }
-                    Ok::<_, redis::RedisError>(written)
-                };
-                g.guard.call(work).await
-            }
-        });
+                        Ok::<_, redis::RedisError>(written)
+                    };
+                    g.guard.call(work).await
+                }
+            })
+            .await;
         let mut reached = false;
         let mut first_error = None;
-        for r in join_all(writes).await {
+        for r in results {
             match r {
                 Ok(written) => {
                     reached = true;

@@ -8,10 +8,12 @@
 //! node's call fails.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::join_all;
 use tokio::sync::Notify;
 
 use super::super::breaker::Breaker;
@@ -26,6 +28,11 @@ use crate::redis_link::Link;
 /// node, so a second is plenty.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 const MIN_GAP: Duration = Duration::from_millis(100);
+/// Most keys per call to one cluster node. The library splits a call into
+/// a command per slot, so a bulk batch (a 1 000-id warm-up) would be
+/// hundreds of commands under one timeout; in parts of this size each has
+/// its own, and a request's batch (at most `max_batch`, 50) is one part.
+const CHUNK: usize = 64;
 /// The name of the group of keys whose slot the map does not cover yet.
 const UNKNOWN: &str = "unknown";
 
@@ -121,7 +128,13 @@ impl Nodes {
                 .node_of(slot(key_of(&item)))
                 .cloned()
                 .unwrap_or_else(|| Node::from(UNKNOWN));
-            match groups.iter_mut().find(|g| g.node == node) {
+            // The open group of this node, unless it is full.
+            match groups
+                .iter_mut()
+                .rev()
+                .find(|g| g.node == node)
+                .filter(|g| g.items.len() < CHUNK)
+            {
                 Some(g) => g.items.push(item),
                 None => groups.push(Group {
                     guard: self.guard(&node),
@@ -131,6 +144,35 @@ impl Nodes {
             }
         }
         groups
+    }
+
+    /// Runs `call` on every group: one node's groups one after another,
+    /// each under its own timeout, different nodes side by side. Answers
+    /// in the order of `groups`.
+    pub async fn run<'a, T, R, F, Fut>(&self, groups: &'a [Group<T>], call: F) -> Vec<R>
+    where
+        F: Fn(&'a Group<T>) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let mut lanes: Vec<Vec<usize>> = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            match lanes.iter_mut().find(|l| groups[l[0]].node == g.node) {
+                Some(lane) => lane.push(i),
+                None => lanes.push(vec![i]),
+            }
+        }
+        let call = &call;
+        let done = join_all(lanes.into_iter().map(|lane| async move {
+            let mut out = Vec::with_capacity(lane.len());
+            for i in lane {
+                out.push((i, call(&groups[i]).await));
+            }
+            out
+        }))
+        .await;
+        let mut all: Vec<(usize, R)> = done.into_iter().flatten().collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
     }
 
     /// The primaries a full scan visits, each with its guard.
