@@ -65,7 +65,23 @@ impl Invalidations {
                     self.metrics.clone(),
                     &self.tasks,
                 )
-                .map_err(|e| Problem::new("backplane.url", e.to_string()))?,
+                .map_err(|e| {
+                    // Without a url of its own the backplane uses the tier's
+                    // Redis, and the mistake is in that section.
+                    let own = cfg.backplane.as_ref().is_some_and(|b| b.url.is_some());
+                    let key = if own {
+                        e.key("backplane", false)
+                    } else {
+                        e.key(
+                            "tiers.redis",
+                            cfg.tiers
+                                .redis
+                                .as_ref()
+                                .is_some_and(|r| r.mode == crate::config::RedisMode::Cluster),
+                        )
+                    };
+                    Problem::new(key, e.to_string())
+                })?,
             )),
             None => None,
         };

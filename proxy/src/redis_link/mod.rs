@@ -38,6 +38,20 @@ pub enum LinkError {
     Redis(#[from] redis::RedisError),
 }
 
+impl LinkError {
+    /// The config key to name for this error, under `section`
+    /// (`tiers.redis`, `backplane`) that described a cluster or not.
+    pub fn key(&self, section: &str, cluster: bool) -> String {
+        let field = match self {
+            LinkError::CaFile { .. } => "tls_ca_file",
+            LinkError::PasswordEnv(_) => "password_env",
+            _ if cluster => "nodes",
+            _ => "url",
+        };
+        format!("{section}.{field}")
+    }
+}
+
 /// A configured Redis, ready to hand out connections.
 #[derive(Clone)]
 // Built once per tier or backplane start and never moved on a request

@@ -240,13 +240,8 @@ pub fn build(cfg: &Config, tasks: &Tasks) -> Option<Result<Arc<dyn Tier>, Proble
         RedisTier::new(r, cfg.fail_safe.max_stale.get(), tasks)
             .map(|t| t as Arc<dyn Tier>)
             .map_err(|e| {
-                let key = match &e {
-                    LinkError::CaFile { .. } => "tiers.redis.tls_ca_file",
-                    LinkError::PasswordEnv(_) => "tiers.redis.password_env",
-                    _ if r.nodes.is_empty() => "tiers.redis.url",
-                    _ => "tiers.redis.nodes",
-                };
-                Problem::new(key, e.to_string())
+                let cluster = r.mode == crate::config::RedisMode::Cluster;
+                Problem::new(e.key("tiers.redis", cluster), e.to_string())
             }),
     )
 }
