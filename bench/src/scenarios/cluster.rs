@@ -22,7 +22,7 @@ use profile_edge_harness::RedisCluster;
 use rand::{Rng, SeedableRng};
 use redis::cluster_async::ClusterConnection;
 
-use super::{note_proxy_log, ratio, start_sim, user_path, warm_batch, Ctx, Stats};
+use super::{note_proxy_log, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats};
 use crate::load::{self, fmt_us, median, micros, Dist, Req, Sample, Spec};
 use crate::procs::{Proxy, ProxyOpts, Redis};
 use crate::report::{Section, Table, Target};
@@ -168,23 +168,8 @@ async fn l2_hits(
             // Opens the tier's connections (every node, likely) on ids
             // outside the measured set, so no pass pays for that.
             warm_batch(proxy.addr, (n..n + 50).collect(), 50).await?;
-            let before = Stats::get(proxy.admin).await?;
-            let p = Arc::clone(&paths);
-            let t0 = Instant::now();
-            let samples = load::closed_loop(
-                proxy.addr,
-                Spec {
-                    concurrency: CONCURRENCY,
-                    max_requests: n,
-                    max_time: Duration::from_secs(120),
-                },
-                t0,
-                Arc::new(move |i| (Req::get(p[i % p.len()].clone()), 0)),
-                load::no_check,
-            )
-            .await?;
-            let secs = t0.elapsed().as_secs_f64();
-            let d = Stats::get(proxy.admin).await?.minus(&before);
+            let (samples, secs, d) =
+                read_pass(proxy.addr, proxy.admin, &paths, CONCURRENCY, n).await?;
             let pass = Pass {
                 rps: samples.len() as f64 / secs.max(1e-9),
                 dist: Dist::of(samples.iter().map(|s| s.lat_us)),

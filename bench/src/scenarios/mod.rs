@@ -215,6 +215,37 @@ async fn run_all(
     Ok(())
 }
 
+/// One pass over `paths` through a proxy, `concurrency` in flight, `n`
+/// requests, each path once when `n` is its length: the samples, the
+/// seconds it took and what `/admin/stats` counted meanwhile. The L2-hit
+/// passes of `redis` and `cluster` are this.
+pub async fn read_pass(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    paths: &Arc<Vec<String>>,
+    concurrency: usize,
+    n: usize,
+) -> Result<(Vec<load::Sample>, f64, Stats)> {
+    let before = Stats::get(admin).await?;
+    let p = Arc::clone(paths);
+    let t0 = Instant::now();
+    let samples = load::closed_loop(
+        addr,
+        Spec {
+            concurrency,
+            max_requests: n,
+            max_time: Duration::from_secs(120),
+        },
+        t0,
+        Arc::new(move |i| (Req::get(p[i % p.len()].clone()), 0)),
+        load::no_check,
+    )
+    .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let counted = Stats::get(admin).await?.minus(&before);
+    Ok((samples, secs, counted))
+}
+
 /// Numbers from `/admin/stats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {

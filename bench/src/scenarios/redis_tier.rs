@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{note_proxy_log, pct, ratio, start_sim, user_path, warm_batch, Ctx, Stats};
+use super::{note_proxy_log, pct, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats};
 use crate::load::{self, fmt_us, median, micros, Dist, Req, Sample, Spec};
 use crate::procs::{Proxy, ProxyOpts, Redis};
 use crate::report::{Section, Table, Target};
@@ -53,23 +53,8 @@ pub async fn run(ctx: &Ctx, sec: &mut Section) -> Result<()> {
         )
         .await?;
         for pass in 0..2 {
-            let before = Stats::get(proxy.admin).await?;
-            let p = Arc::clone(&paths);
-            let t0 = Instant::now();
-            let samples = load::closed_loop(
-                proxy.addr,
-                Spec {
-                    concurrency: CONCURRENCY,
-                    max_requests: n,
-                    max_time: Duration::from_secs(120),
-                },
-                t0,
-                Arc::new(move |i| (Req::get(p[i % p.len()].clone()), 0)),
-                load::no_check,
-            )
-            .await?;
-            let secs = t0.elapsed().as_secs_f64();
-            let d = Stats::get(proxy.admin).await?.minus(&before);
+            let (samples, secs, d) =
+                read_pass(proxy.addr, proxy.admin, &paths, CONCURRENCY, n).await?;
             let dist = Dist::of(samples.iter().map(|s| s.lat_us));
             let failed = samples.iter().filter(|s| !s.ok).count();
             let rps = samples.len() as f64 / secs.max(1e-9);
