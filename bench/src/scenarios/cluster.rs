@@ -22,7 +22,9 @@ use profile_edge_harness::RedisCluster;
 use rand::{Rng, SeedableRng};
 use redis::cluster_async::ClusterConnection;
 
-use super::{note_proxy_log, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats};
+use super::{
+    note_proxy_log, rate_cells, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats,
+};
 use crate::load::{self, fmt_us, median, micros, Dist, Req, Sample, Spec};
 use crate::procs::{Proxy, ProxyOpts, Redis};
 use crate::report::{Section, Table, Target};
@@ -208,22 +210,9 @@ async fn l2_hits(
     );
     for (i, (label, _, _)) in targets.iter().enumerate() {
         let runs = &passes[i];
-        t.row(vec![
-            (*label).into(),
-            format!(
-                "{:.0}",
-                median(&runs.iter().map(|r| r.rps).collect::<Vec<_>>())
-            ),
-            fmt_us(median(
-                &runs.iter().map(|r| r.dist.p50 as f64).collect::<Vec<_>>(),
-            )),
-            fmt_us(median(
-                &runs.iter().map(|r| r.dist.p99 as f64).collect::<Vec<_>>(),
-            )),
-            runs.iter()
-                .map(|r| format!("{:.0}", r.rps))
-                .collect::<Vec<_>>()
-                .join(", "),
+        let mut row = vec![(*label).to_string()];
+        row.extend(rate_cells(runs.iter().map(|r| (r.rps, &r.dist))));
+        row.extend([
             runs.iter().map(|r| r.failed).sum::<usize>().to_string(),
             format!(
                 "{:.0} / {}",
@@ -232,6 +221,7 @@ async fn l2_hits(
             ),
             format!("{:.0}", runs.iter().map(|r| r.origin_calls).sum::<f64>()),
         ]);
+        t.row(row);
     }
     let per_round = |f: &dyn Fn(&Pass) -> f64| -> Vec<f64> {
         passes[1]

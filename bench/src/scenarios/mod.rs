@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use profile_edge::testkit::{user_id, SimConfig, SimOrigin};
 
-use crate::load::{self, Req, Spec};
+use crate::load::{self, median, Req, Spec};
 use crate::report::Section;
 
 /// Scenario keys (for `--only`) and titles, in run order.
@@ -244,6 +244,24 @@ pub async fn read_pass(
     let secs = t0.elapsed().as_secs_f64();
     let counted = Stats::get(admin).await?.minus(&before);
     Ok((samples, secs, counted))
+}
+
+/// The cells a table row starts with for one pass measured over rounds,
+/// each run as (req/s, latencies): median req/s, median p50, median p99,
+/// and the req/s of each round.
+pub fn rate_cells<'a>(runs: impl IntoIterator<Item = (f64, &'a load::Dist)>) -> [String; 4] {
+    let runs: Vec<(f64, &load::Dist)> = runs.into_iter().collect();
+    let med =
+        |f: &dyn Fn(&(f64, &load::Dist)) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    [
+        format!("{:.0}", med(&|r| r.0)),
+        load::fmt_us(med(&|r| r.1.p50 as f64)),
+        load::fmt_us(med(&|r| r.1.p99 as f64)),
+        runs.iter()
+            .map(|r| format!("{:.0}", r.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ]
 }
 
 /// Numbers from `/admin/stats`.

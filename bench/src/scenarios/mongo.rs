@@ -28,7 +28,7 @@ use mongodb::{Collection, IndexModel};
 use profile_edge::testkit::{user_id, SimOrigin};
 use serde_json::Value;
 
-use super::{note_proxy_log, ratio, start_sim, user_path, warm_batch, Ctx};
+use super::{note_proxy_log, rate_cells, ratio, start_sim, user_path, warm_batch, Ctx};
 use crate::load::{self, fmt_us, median, micros, Dist, Reply, Req, Spec};
 use crate::procs::{toml_str, Mongo, Proxy, ProxyOpts, Redis};
 use crate::report::{Section, Table};
@@ -314,22 +314,9 @@ async fn l3_hits(
         (Lower::Redis, "Redis-tier hits (no Mongo)"),
     ] {
         let runs: Vec<&Pass> = passes.iter().filter(|p| p.lower == lower).collect();
-        t.row(vec![
-            name.into(),
-            format!(
-                "{:.0}",
-                median(&runs.iter().map(|r| r.rps).collect::<Vec<_>>())
-            ),
-            fmt_us(median(
-                &runs.iter().map(|r| r.dist.p50 as f64).collect::<Vec<_>>(),
-            )),
-            fmt_us(median(
-                &runs.iter().map(|r| r.dist.p99 as f64).collect::<Vec<_>>(),
-            )),
-            runs.iter()
-                .map(|r| format!("{:.0}", r.rps))
-                .collect::<Vec<_>>()
-                .join(", "),
+        let mut row = vec![name.to_string()];
+        row.extend(rate_cells(runs.iter().map(|r| (r.rps, &r.dist))));
+        row.extend([
             runs.iter()
                 .map(|r| fmt_us(r.dist.p99 as f64))
                 .collect::<Vec<_>>()
@@ -342,6 +329,7 @@ async fn l3_hits(
             runs.iter().map(|r| r.failed).sum::<usize>().to_string(),
             format!("{:.0}", runs.iter().map(|r| r.origin_calls).sum::<f64>()),
         ]);
+        t.row(row);
     }
     // Ratios within each round (the two passes of one round ran back to back).
     let mut rps_ratios = Vec::new();

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{note_proxy_log, pct, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats};
+use super::{
+    note_proxy_log, pct, rate_cells, ratio, read_pass, start_sim, user_path, warm_batch, Ctx, Stats,
+};
 use crate::load::{self, fmt_us, median, micros, Dist, Req, Sample, Spec};
 use crate::procs::{Proxy, ProxyOpts, Redis};
 use crate::report::{Section, Table, Target};
@@ -93,24 +95,10 @@ pub async fn run(ctx: &Ctx, sec: &mut Section) -> Result<()> {
         ("L2: Redis hits (memory cold)", &l2),
         ("memory hits (same ids again)", &mem),
     ] {
-        t.row(vec![
-            name.into(),
-            format!(
-                "{:.0}",
-                median(&runs.iter().map(|r| r.0).collect::<Vec<_>>())
-            ),
-            fmt_us(median(
-                &runs.iter().map(|r| r.1.p50 as f64).collect::<Vec<_>>(),
-            )),
-            fmt_us(median(
-                &runs.iter().map(|r| r.1.p99 as f64).collect::<Vec<_>>(),
-            )),
-            runs.iter()
-                .map(|r| format!("{:.0}", r.0))
-                .collect::<Vec<_>>()
-                .join(", "),
-            runs.iter().map(|r| r.2).sum::<usize>().to_string(),
-        ]);
+        let mut row = vec![name.to_string()];
+        row.extend(rate_cells(runs.iter().map(|r| (r.0, &r.1))));
+        row.push(runs.iter().map(|r| r.2).sum::<usize>().to_string());
+        t.row(row);
     }
     let ratios: Vec<f64> = l2.iter().zip(&mem).map(|(a, b)| a.0 / b.0).collect();
     t.row(vec![
