@@ -287,15 +287,6 @@ impl Load {
     }
 }
 
-/// A primary other than `port`.
-async fn other_primary(c: &RedisCluster, port: u16) -> u16 {
-    let primaries = c.primaries().await.unwrap();
-    *primaries
-        .iter()
-        .find(|p| **p != port)
-        .expect("three primaries")
-}
-
 /// Ids whose keys live on `port` (by the cluster's map), from `range`.
 async fn ids_on(
     c: &RedisCluster,
@@ -343,7 +334,7 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
     load.run_past(200).await;
 
     // Ids on another primary, in Redis but not yet in B's memory.
-    let survivor = other_primary(&c, victim).await;
+    let survivor = c.other_primary(victim).await.unwrap();
     let elsewhere = ids_on(&c, survivor, 3_000..4_000, 20).await;
     get_all(&client, a.main_addr(), &elsewhere).await;
 
@@ -442,7 +433,7 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     let x = user_id(7);
     let slot = RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes());
     let from = c.primary_of_slot(slot).await.unwrap();
-    let to = other_primary(&c, from).await;
+    let to = c.other_primary(from).await.unwrap();
     let warm: Vec<String> = (0..200).map(user_id).collect();
     get_all(&client, a.main_addr(), &warm).await;
     let cold: Vec<String> = (1_000..3_000).map(user_id).collect();
@@ -452,7 +443,7 @@ async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     // The backplane's log moves too: its readers follow it.
     let log_slot = RedisCluster::slot_of(format!("{CHANNEL}:log").as_bytes());
     let log_from = c.primary_of_slot(log_slot).await.unwrap();
-    let log_to = other_primary(&c, log_from).await;
+    let log_to = c.other_primary(log_from).await.unwrap();
     c.migrate_slot(log_slot, log_to).await.unwrap();
     load.run_past(300).await;
     let (requests, failures, _) = load.stop().await;

@@ -492,6 +492,16 @@ impl RedisCluster {
         Ok(set.into_iter().collect())
     }
 
+    /// A primary other than the one on `port` (where to move a slot, or a
+    /// node to watch while `port` is down).
+    pub async fn other_primary(&self, port: u16) -> io::Result<u16> {
+        self.primaries()
+            .await?
+            .into_iter()
+            .find(|&p| p != port)
+            .ok_or_else(|| io::Error::other(format!("no primary besides 127.0.0.1:{port}")))
+    }
+
     /// The ports of the (not failed) replicas of those primaries, sorted.
     pub async fn replicas(&self) -> io::Result<Vec<u16>> {
         let map = self.slot_map().await?;
@@ -1160,13 +1170,7 @@ mod cluster_tests {
         let slot = slot_of(b"key:0");
         let from = cluster.primary_of_slot(slot).await.expect("owner");
         assert_eq!(from, promoted);
-        let to = *cluster
-            .primaries()
-            .await
-            .expect("primaries")
-            .iter()
-            .find(|&&p| p != from)
-            .expect("another primary");
+        let to = cluster.other_primary(from).await.expect("another primary");
         let in_slot = keys.iter().filter(|k| slot_of(k) == slot).count();
         assert!(in_slot > 0);
         cluster.migrate_slot(slot, to).await.expect("migrate");
@@ -1211,13 +1215,7 @@ mod cluster_tests {
         cluster.set(b, b"2").await.expect("SET b");
         let slot = slot_of(a);
         let from = cluster.primary_of_slot(slot).await.expect("owner");
-        let to = *cluster
-            .primaries()
-            .await
-            .expect("primaries")
-            .iter()
-            .find(|&&p| p != from)
-            .expect("another primary");
+        let to = cluster.other_primary(from).await.expect("another primary");
         let id = |p: u16| {
             let cluster = &cluster;
             async move { cluster.myid(p).await.expect("myid") }
@@ -1300,13 +1298,7 @@ mod cluster_tests {
         // MIGRATE between nodes goes over TLS too (tls-cluster).
         let slot = slot_of(&keys[0]);
         let from = cluster.primary_of_slot(slot).await.expect("owner");
-        let to = *cluster
-            .primaries()
-            .await
-            .expect("primaries")
-            .iter()
-            .find(|&&p| p != from)
-            .expect("another primary");
+        let to = cluster.other_primary(from).await.expect("another primary");
         cluster.migrate_slot(slot, to).await.expect("migrate");
         check_all(&cluster, &keys).await;
         cluster
