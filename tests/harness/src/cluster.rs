@@ -563,12 +563,10 @@ impl RedisCluster {
         let map = self.slot_map_of(port).await?;
         let mine: Vec<&SlotRange> = map.iter().filter(|r| r.primary == port).collect();
         let slots = mine.iter().map(|r| (r.start, r.end)).collect();
-        let replicas = mine
-            .iter()
-            .flat_map(|r| r.replicas.iter().copied())
-            .collect::<BTreeSet<u16>>()
-            .into_iter()
-            .collect();
+        // From CLUSTER NODES, not the slot map: a replica the cluster has
+        // flagged failed (paused by a test, say) is left out of CLUSTER
+        // SLOTS, yet it is still the one that takes over once it is back.
+        let replicas = self.all_replicas_of(port).await?;
         self.nodes[i].server.kill();
         self.killed.insert(
             port,
@@ -822,6 +820,32 @@ impl RedisCluster {
             .find(|n| n.server.port == port)
             .map(|n| n.server.log_tail())
             .unwrap_or_default()
+    }
+
+    /// Every replica of the node on `port` as it lists them in `CLUSTER
+    /// NODES`, failed or not, sorted.
+    async fn all_replicas_of(&self, port: u16) -> io::Result<Vec<u16>> {
+        let id = self.myid(port).await?;
+        let nodes = self
+            .must(port, &["CLUSTER", "NODES"])
+            .await?
+            .text()
+            .ok_or_else(|| {
+                io::Error::other(format!("127.0.0.1:{port}: CLUSTER NODES is not text"))
+            })?;
+        let replicas: BTreeSet<u16> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // <id> <ip:port@cport> <flags> <primary id> ...
+                if fields.get(3) != Some(&id.as_str()) {
+                    return None;
+                }
+                let addr = fields.get(1)?.split('@').next()?;
+                addr.rsplit_once(':')?.1.parse().ok()
+            })
+            .collect();
+        Ok(replicas.into_iter().collect())
     }
 
     async fn myid(&self, port: u16) -> io::Result<String> {
