@@ -222,13 +222,7 @@ impl Link {
         match self {
             Link::Cluster(c) => {
                 let route = Route::new(slot::slot(key.as_bytes()), SlotAddr::Master);
-                let v = c
-                    .route_command(
-                        cmd.clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                redis::from_redis_value(v).map_err(Into::into)
+                routed(c, cmd, SingleNodeRoutingInfo::SpecificNode(route)).await
             }
             other => cmd.query_async(other).await,
         }
@@ -244,16 +238,27 @@ impl Link {
         match self {
             Link::Cluster(c) => {
                 let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                let node = SingleNodeRoutingInfo::ByAddress {
                     host: host.to_string(),
                     port: port.parse().unwrap_or(6379),
-                });
-                let v = c.route_command(cmd.clone(), routing).await?;
-                redis::from_redis_value(v).map_err(Into::into)
+                };
+                routed(c, cmd, node).await
             }
             other => cmd.query_async(other).await,
         }
     }
+}
+
+/// `cmd` on the one cluster node `node` names, its reply read as `T`.
+async fn routed<T: redis::FromRedisValue>(
+    c: &mut ClusterConnection,
+    cmd: &Cmd,
+    node: SingleNodeRoutingInfo,
+) -> redis::RedisResult<T> {
+    let v = c
+        .route_command(cmd.clone(), RoutingInfo::SingleNode(node))
+        .await?;
+    redis::from_redis_value(v).map_err(Into::into)
 }
 
 impl ConnectionLike for Link {
