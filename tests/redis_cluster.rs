@@ -48,6 +48,17 @@ fn cluster_config(sim: &SimOrigin, c: &RedisCluster) -> String {
     )
 }
 
+/// Two instances on the cluster (tier and backplane), both backplanes
+/// reading, and a client.
+async fn two_instances(sim: &SimOrigin, c: &RedisCluster) -> (App, App, HttpClient) {
+    let a = start_proxy(&cluster_config(sim, c)).await;
+    let b = start_proxy(&cluster_config(sim, c)).await;
+    let client = client();
+    wait_backplane(&client, &a).await;
+    wait_backplane(&client, &b).await;
+    (a, b, client)
+}
+
 /// A direct cluster client for checks.
 async fn direct(c: &RedisCluster) -> redis::cluster_async::ClusterConnection {
     redis::cluster::ClusterClient::new(c.seeds())
@@ -128,11 +139,7 @@ async fn ten_thousand_ids_over_every_slot_are_written_read_back_and_invalidated(
     const N: usize = 10_000;
     let c = cluster().await;
     let sim = sim_origin(N, Duration::ZERO).await;
-    let a = start_proxy(&cluster_config(&sim, &c)).await;
-    let b = start_proxy(&cluster_config(&sim, &c)).await;
-    let client = client();
-    wait_backplane(&client, &a).await;
-    wait_backplane(&client, &b).await;
+    let (a, b, client) = two_instances(&sim, &c).await;
     let ids: Vec<String> = (0..N).map(user_id).collect();
 
     // Written: A loads every id from the origin into the cluster.
@@ -313,11 +320,7 @@ async fn ids_on(
 async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() {
     let mut c = cluster().await;
     let sim = sim_origin(5_000, Duration::ZERO).await;
-    let a = start_proxy(&cluster_config(&sim, &c)).await;
-    let b = start_proxy(&cluster_config(&sim, &c)).await;
-    let client = client();
-    wait_backplane(&client, &a).await;
-    wait_backplane(&client, &b).await;
+    let (a, b, client) = two_instances(&sim, &c).await;
 
     // The victim: the primary holding the backplane's log, so the
     // subscriptions must come back too.
@@ -424,11 +427,7 @@ async fn a_primary_killed_under_load_fails_no_request_and_the_tier_comes_back() 
 async fn a_slot_moved_under_load_fails_no_request_and_serves_nothing_stale() {
     let c = cluster().await;
     let sim = sim_origin(5_000, Duration::ZERO).await;
-    let a = start_proxy(&cluster_config(&sim, &c)).await;
-    let b = start_proxy(&cluster_config(&sim, &c)).await;
-    let client = client();
-    wait_backplane(&client, &a).await;
-    wait_backplane(&client, &b).await;
+    let (a, b, client) = two_instances(&sim, &c).await;
 
     let x = user_id(7);
     let slot = RedisCluster::slot_of(format!("{PREFIX}{x}").as_bytes());
@@ -579,11 +578,7 @@ async fn a_removal_no_replica_acknowledged_stays_pending_and_lands_on_the_promot
         .await
         .unwrap_or_else(|e| panic!("cannot start the Redis Cluster: {e}"));
     let sim = sim_origin(100, Duration::ZERO).await;
-    let a = start_proxy(&cluster_config(&sim, &c)).await;
-    let b = start_proxy(&cluster_config(&sim, &c)).await;
-    let client = client();
-    wait_backplane(&client, &a).await;
-    wait_backplane(&client, &b).await;
+    let (a, b, client) = two_instances(&sim, &c).await;
     let x = user_id(11);
     let (v0, tier) = served(&client, a.main_addr(), &x).await;
     assert_eq!(tier, "origin");
