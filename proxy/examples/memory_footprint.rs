@@ -33,7 +33,9 @@ const BODY: usize = 320;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let entries: usize = args.next().map_or(1_000_000, |a| a.parse().expect("entries"));
+    let entries: usize = args
+        .next()
+        .map_or(1_000_000, |a| a.parse().expect("entries"));
     let only = args.next();
     let ids: Vec<String> = (0..entries).map(user_id).collect();
     // The random sequence is drawn before anything is measured.
@@ -57,7 +59,10 @@ fn main() {
     let started = Instant::now();
     for (i, id) in ids.iter().enumerate() {
         // A fresh buffer per profile, as a load gets from the origin.
-        tier.put(id, &Entry::from_origin(Some(body(i, id)), now_ms(), Duration::from_secs(3600)));
+        tier.put(
+            id,
+            &Entry::from_origin(Some(body(i, id)), now_ms(), Duration::from_secs(3600)),
+        );
     }
     let filled = started.elapsed();
     let held = tier.entry_count();

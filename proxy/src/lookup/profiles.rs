@@ -211,7 +211,7 @@ impl Profiles {
     /// the origin is being left alone after a failure.
     fn memory_hit(self: &Arc<Self>, id: &str, now: u64) -> Option<Loaded> {
         let chain = self.chain.load();
-        let Some(entry) = chain.memory.get(id) else {
+        let Some(entry) = chain.memory.get_at(id, now) else {
             self.counters.record(TierKind::Memory, false);
             return None;
         };
