@@ -1165,8 +1165,10 @@ mod tests {
 
     #[test]
     fn posts_carry_the_snapshot_asked_for() {
-        let json =
-            |kind| serde_json::to_value(Post::synthetic(7, 5000).with_snapshot(kind)).unwrap();
+        let json = |kind| {
+            serde_json::to_value(Post::synthetic(7, 5000).with_snapshot(kind))
+                .expect("a post serializes")
+        };
         assert!(json(PostSnapshots::Absent).get("userSnapshot").is_none());
         assert_eq!(
             json(PostSnapshots::Null)["userSnapshot"],
@@ -1174,11 +1176,11 @@ mod tests {
         );
         let stale = json(PostSnapshots::Stale);
         assert_eq!(stale["userSnapshot"]["id"], stale["userId"]);
-        let author = stale["userId"].as_str().unwrap();
+        let author = stale["userId"].as_str().expect("userId is a string");
         assert_eq!(stale["userSnapshot"]["avatarUrl"], avatar_url(author, 0));
         assert_ne!(
             avatar_url(author, 0),
-            Profile::synthetic(user_index(author).unwrap()).avatar_url
+            Profile::synthetic(user_index(author).expect("a sim id")).avatar_url
         );
     }
 }
