@@ -148,7 +148,7 @@ impl Entry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TierError {
     #[error("{tier} tier is skipped: circuit breaker open after repeated failures")]
     Open { tier: &'static str },
@@ -184,7 +184,7 @@ pub trait Tier: Send + Sync {
 
     /// Usable (fresh or stale) entries for `ids` and their versions, in the
     /// same order.
-    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError>;
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError>;
 
     /// Stores entries, restamped with this tier's TTL, each only under the
     /// conditions above; answers per entry, in order.
