@@ -73,7 +73,7 @@ impl Reads {
 
 async fn direct(tier: &dyn Tier, ids: &[Arc<str>]) -> Reply {
     let keys: Vec<&str> = ids.iter().map(|id| &**id).collect();
-    tier.get_many(&keys).await
+    tier.get_many_str(&keys).await
 }
 
 async fn read_loop(mut rx: mpsc::UnboundedReceiver<Job>, tier: Arc<dyn Tier>, drain: Drain) {
@@ -121,7 +121,7 @@ async fn read(tier: Arc<dyn Tier>, jobs: Vec<Job>) {
         .iter()
         .flat_map(|j| j.ids.iter().map(|id| &**id))
         .collect();
-    match tier.get_many(&keys).await {
+    match tier.get_many_str(&keys).await {
         Ok(all) => {
             let mut all = all.into_iter();
             for job in jobs {

@@ -61,15 +61,15 @@ impl Tier for FakeTier {
     fn kind(&self) -> TierKind {
         TierKind::Redis
     }
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
         *self.calls.lock().expect("lock") += 1;
         let map = self.map.lock().expect("lock");
         let mut reads = self.reads.lock().expect("lock");
         Ok(ids
             .iter()
             .map(|id| {
-                *reads.entry(id.to_string()).or_default() += 1;
-                let r = map.get(*id);
+                *reads.entry(id.clone()).or_default() += 1;
+                let r = map.get(id);
                 Stored::reached(
                     match r {
                         Some(Record::Value(e)) => Some(e.clone()),

@@ -245,7 +245,7 @@ impl Tier for MongoTier {
         self.guard.stats()
     }
 
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -265,7 +265,7 @@ impl Tier for MongoTier {
         Ok(ids
             .iter()
             .map(|id| {
-                let Some(d) = by_id.remove(*id) else {
+                let Some(d) = by_id.remove(id) else {
                     return Stored::reached(None, 0);
                 };
                 let version = int(&d, "version");

@@ -27,7 +27,7 @@ impl Tier for Counting {
     fn kind(&self) -> TierKind {
         TierKind::Redis
     }
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
         self.calls
             .lock()
             .expect("lock")

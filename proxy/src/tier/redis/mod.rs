@@ -306,28 +306,33 @@ impl Tier for RedisTier {
         m
     }
 
-    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.get_many_str(&ids).await
+    }
+
+    async fn get_many_str(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let groups = self.groups(ids.iter().copied());
-        let results =
-            self.nodes
-                .run(&groups, |g| {
-                    let mut conn = self.conn.clone();
-                    let mut mget = redis::cmd("MGET");
-                    for (_, id, _) in &g.items {
-                        mget.arg(self.key(id));
-                    }
-                    async move {
-                        g.guard
+        let results = self
+            .nodes
+            .run(&groups, |g| {
+                let mut conn = self.conn.clone();
+                let mut mget = redis::cmd("MGET");
+                for (_, id, _) in &g.items {
+                    mget.arg(self.key(id));
+                }
+                async move {
+                    g.guard
                             .call(async move {
                                 mget.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
                             })
                             .await
-                    }
-                })
-                .await;
+                }
+            })
+            .await;
         // Per id: None while its node was not reached.
         let mut values: Vec<Option<Option<Vec<u8>>>> = vec![None; ids.len()];
         let mut reached = false;
