@@ -1,4 +1,4 @@
-//! Coalescing below `lookup`: `flights`, then `reads` for the shared tiers
+//! Coalescing below `lookup`: `flights`, then `gather` for the shared tiers
 //! and `batcher` for the origin:
 //!
 //! - `Flights`: single-flight per id. The first request for a cold id
@@ -10,13 +10,14 @@
 //!   most `max_inflight_batches` are in flight and further ids queue for the
 //!   next (full) batch. Results fan out per id; an origin error fails only
 //!   the ids of its batch.
-//! - `Reads`: the shared-tier reads of one scheduler tick, from every
-//!   load, go to the tier as one call (one Redis MGET), with no window.
+//! - `Gathered`: the shared-tier reads of one scheduler tick, from every
+//!   load, go to the tier as one call (one Redis MGET), and so do the
+//!   writes (one script call), with no window.
 
 pub mod batcher;
 pub mod flights;
-pub mod reads;
+pub mod gather;
 
 pub use batcher::{BatchParams, Batcher, OriginResult};
 pub use flights::{wait, FlightEnd, FlightRx, FlightTx, Flights, Joined, Part};
-pub use reads::Reads;
+pub use gather::Gathered;

@@ -11,7 +11,7 @@ use regex::Regex;
 use super::ids::IdRules;
 use super::negative::NegativeBudget;
 use crate::coalesce::batcher::OriginSource;
-use crate::coalesce::{BatchParams, Batcher, Reads};
+use crate::coalesce::{BatchParams, Batcher, Gathered};
 use crate::config::{Config, Problem};
 use crate::lifecycle::Tasks;
 use crate::tier::memory::MemoryTier;
@@ -27,12 +27,13 @@ const LOWER_TIERS: &[(&str, BuildTier)] = &[
     ("tiers.mongo", crate::tier::mongo::build),
 ];
 
-/// A shared tier, the section it was built from, and its reader (lookups
-/// read through it, so one tick's reads are one call).
+/// A shared tier, the section it was built from, and its gathered calls
+/// (lookups read and fill through them, so one tick's reads are one call,
+/// and its writes another).
 pub struct Lower {
     pub key: &'static str,
     pub tier: Arc<dyn Tier>,
-    pub reads: Arc<Reads>,
+    pub calls: Arc<Gathered>,
 }
 
 /// Everything lookups need from one config; swapped whole on reload.
@@ -96,13 +97,13 @@ impl Chain {
                 Some(l) => lower.push(Lower {
                     key,
                     tier: l.tier.clone(),
-                    reads: l.reads.clone(),
+                    calls: l.calls.clone(),
                 }),
                 None => {
                     if let Some(tier) = build(cfg, tasks) {
                         let tier = tier?;
-                        let reads = Arc::new(Reads::start(tier.clone(), tasks));
-                        lower.push(Lower { key, tier, reads });
+                        let calls = Arc::new(Gathered::start(tier.clone(), tasks));
+                        lower.push(Lower { key, tier, calls });
                     }
                 }
             }
@@ -152,11 +153,11 @@ impl Chain {
             .map(|l| Lower {
                 key: l.key,
                 tier: l.tier.clone(),
-                reads: l.reads.clone(),
+                calls: l.calls.clone(),
             })
             .collect();
-        let reads = Arc::new(Reads::start(tier.clone(), tasks));
-        lower.push(Lower { key, tier, reads });
+        let calls = Arc::new(Gathered::start(tier.clone(), tasks));
+        lower.push(Lower { key, tier, calls });
         Chain {
             memory: self.memory.clone(),
             lower,

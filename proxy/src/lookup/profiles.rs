@@ -2,9 +2,9 @@
 //! `get`/`get_many` answer fresh memory hits with no await and no lock;
 //! misses join `Flights` (one load per id however many requests want it)
 //! and the owner resolves them through the chain's shared tiers, in the
-//! request itself and through each tier's reader (one tick's misses are one
-//! read), then, in a task, the origin through the batcher, filling the
-//! tiers above on the way back.
+//! request itself and through each tier's gathered calls (one tick's misses
+//! are one read, its fills one write), then, in a task, the origin through
+//! the batcher, filling the tiers above on the way back.
 //! Shared-tier writes are conditional on the id's version there as the load
 //! read it, and memory writes go under the id's fence ticket, so a load that
 //! an invalidation superseded (here or on another instance) writes its old
@@ -513,7 +513,7 @@ impl Load {
             }
             let kind = l.tier.kind();
             let ids: Vec<Arc<str>> = pending.iter().map(|&i| self.items[i].id.clone()).collect();
-            let stored = match l.reads.get_many(ids).await {
+            let stored = match l.calls.get_many(ids).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(tier = kind.as_str(), error = %e, "tier skipped");
@@ -683,9 +683,9 @@ impl Load {
             .collect();
         let writes = chain.lower[..upto]
             .iter()
-            .zip(&batches)
+            .zip(batches)
             .filter(|(_, (_, b))| !b.is_empty())
-            .map(|(l, (items, b))| async move { (l, items, l.tier.put_many(b).await) });
+            .map(|(l, (items, b))| async move { (l, items, l.calls.put_many(b).await) });
         for (l, items, r) in join_all(writes).await {
             match r {
                 Ok(answers) => {
