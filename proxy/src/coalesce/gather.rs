@@ -25,8 +25,11 @@ use crate::tier::{Entry, Stored, Tier, TierError, Written};
 /// far inside a tier's timeout; more queued go out as a second call at once.
 const MAX_IDS: usize = 1000;
 
-type ReadReply = Result<Vec<Stored>, TierError>;
-type WriteReply = Result<Vec<Written>, TierError>;
+type Reply<T> = Result<Vec<T>, TierError>;
+type ReadReply = Reply<Stored>;
+type WriteReply = Reply<Written>;
+/// Entries for a tier, with the id each is for.
+type Entries = Vec<(String, Entry)>;
 
 enum Job {
     Read {
@@ -34,7 +37,7 @@ enum Job {
         reply: oneshot::Sender<ReadReply>,
     },
     Write {
-        entries: Vec<(String, Entry)>,
+        entries: Entries,
         reply: oneshot::Sender<WriteReply>,
     },
 }
@@ -82,7 +85,7 @@ impl Gathered {
 
     /// `Tier::put_many`, written together with every other load's entries
     /// of this tick; answers per entry, in order.
-    pub async fn put_many(&self, entries: Vec<(String, Entry)>) -> WriteReply {
+    pub async fn put_many(&self, entries: Entries) -> WriteReply {
         let (reply, rx) = oneshot::channel();
         match self.tx.send(Job::Write { entries, reply }) {
             Ok(()) => rx.await.unwrap_or_else(|_| Err(stopped())),
@@ -170,11 +173,8 @@ async fn read_all(tier: Arc<dyn Tier>, jobs: Vec<(Vec<Arc<str>>, oneshot::Sender
 }
 
 /// One call for every job's entries; each job gets its part of the answer.
-async fn write_all(
-    tier: Arc<dyn Tier>,
-    jobs: Vec<(Vec<(String, Entry)>, oneshot::Sender<WriteReply>)>,
-) {
-    let (all, jobs): (Vec<(String, Entry)>, Vec<_>) = if jobs.len() == 1 {
+async fn write_all(tier: Arc<dyn Tier>, jobs: Vec<(Entries, oneshot::Sender<WriteReply>)>) {
+    let (all, jobs): (Entries, Vec<_>) = if jobs.len() == 1 {
         let mut jobs = jobs;
         let (entries, reply) = jobs.remove(0);
         let n = entries.len();
@@ -194,10 +194,7 @@ async fn write_all(
 
 /// Splits one call's answers (in order) among the jobs it carried, by
 /// their sizes; a failed call fails each of them.
-fn fan_out<T, L: Len>(
-    r: Result<Vec<T>, TierError>,
-    jobs: Vec<(L, oneshot::Sender<Result<Vec<T>, TierError>>)>,
-) {
+fn fan_out<T, L: Len>(r: Reply<T>, jobs: Vec<(L, oneshot::Sender<Reply<T>>)>) {
     match r {
         Ok(all) => {
             let mut all = all.into_iter();

@@ -378,6 +378,9 @@ impl Profiles {
     }
 }
 
+/// Entries for a shared tier, with the id each is for.
+type Entries = Vec<(String, Entry)>;
+
 /// One id a load owns: its flight, its fence ticket, and how it ended.
 struct Item {
     /// Where the id is in the requesting caller's list.
@@ -661,7 +664,8 @@ impl Load {
             return;
         }
         let chain = self.chain.clone();
-        let batches: Vec<(Vec<usize>, Vec<(String, Entry)>)> = (0..upto)
+        // Per tier: the items written and their entries, in step.
+        let batches: Vec<(Vec<usize>, Entries)> = (0..upto)
             .map(|d| {
                 entries
                     .iter()
