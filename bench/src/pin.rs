@@ -55,24 +55,48 @@ impl Drop for SelfPin {
     }
 }
 
-/// CPU seconds (user + system) `pid` has used so far, from
+/// CPU seconds `pid` has used so far in user space and in the kernel, from
 /// `/proc/PID/stat`: the busy share of the server's core over a run shows
-/// whether the server or the load generator was the limit.
-pub fn cpu_secs(pid: u32) -> Result<f64> {
+/// whether the server or the load generator was the limit, and the split
+/// how much of it is the proxy's own code.
+pub fn cpu_secs(pid: u32) -> Result<CpuTime> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let ticks = stat_ticks(&text).with_context(|| format!("no utime/stime in {path}"))?;
-    Ok(ticks / clock_ticks())
+    let (user, kernel) = stat_ticks(&text).with_context(|| format!("no utime/stime in {path}"))?;
+    let hz = clock_ticks();
+    Ok(CpuTime {
+        user: user / hz,
+        kernel: kernel / hz,
+    })
 }
 
-/// utime + stime in clock ticks from a `/proc/PID/stat` line. The command
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTime {
+    pub user: f64,
+    pub kernel: f64,
+}
+
+impl CpuTime {
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            kernel: self.kernel - earlier.kernel,
+        }
+    }
+
+    pub fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
+/// utime and stime in clock ticks from a `/proc/PID/stat` line. The command
 /// name is in parentheses and may hold spaces and ')', so fields are
 /// counted after the last ')': state is field 3 there, utime 14, stime 15.
-fn stat_ticks(text: &str) -> Option<f64> {
+fn stat_ticks(text: &str) -> Option<(f64, f64)> {
     let (_, rest) = text.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some(tick(11)? + tick(12)?)
+    Some((tick(11)?, tick(12)?))
 }
 
 fn clock_ticks() -> f64 {
@@ -91,7 +115,7 @@ mod tests {
     #[test]
     fn utime_and_stime_are_read_after_the_command_name() {
         let line = "4242 (tokio (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3 0 999 1000 200 0";
-        assert_eq!(stat_ticks(line), Some(281.0));
+        assert_eq!(stat_ticks(line), Some((250.0, 31.0)));
         assert_eq!(stat_ticks("1 (short) S 1"), None);
         assert!(cpu_secs(std::process::id()).is_ok());
     }

@@ -96,11 +96,22 @@ fn wrk_opts(script: Option<PathBuf>) -> WrkOpts {
 
 /// One `wrk` run against `url` and the share of its core the server pid
 /// used meanwhile.
-async fn timed(url: &str, conns: usize, secs: u64, opts: &WrkOpts, pid: u32) -> Result<(Wrk, f64)> {
+async fn timed(
+    url: &str,
+    conns: usize,
+    secs: u64,
+    opts: &WrkOpts,
+    pid: u32,
+) -> Result<(Wrk, Busy)> {
     let cpu0 = pin::cpu_secs(pid)?;
     let t0 = std::time::Instant::now();
     let w = load::wrk_with(url, conns, secs, opts).await?;
-    let busy = (pin::cpu_secs(pid)? - cpu0) / t0.elapsed().as_secs_f64();
+    let used = pin::cpu_secs(pid)?.since(cpu0);
+    let wall = t0.elapsed().as_secs_f64();
+    let busy = Busy {
+        share: used.total() / wall,
+        user: used.user / used.total().max(1e-9),
+    };
     if w.non2xx > 0 || w.socket_errors > 0 {
         // What one request of the kind the script sends gets, for the error.
         let addr: std::net::SocketAddr = url
@@ -127,6 +138,22 @@ async fn timed(url: &str, conns: usize, secs: u64, opts: &WrkOpts, pid: u32) -> 
 
 fn pct(x: f64) -> String {
     format!("{:.0} %", 100.0 * x)
+}
+
+/// How busy the server's core was during a run: its share of the wall time
+/// (script start-up included, so a little under 100 % when saturated), and
+/// the user-space part of that (the rest is the kernel: TCP, epoll).
+#[derive(Clone, Copy, Debug, Default)]
+struct Busy {
+    share: f64,
+    user: f64,
+}
+
+/// "97 % (user 31 %)": medians over rounds.
+fn busy_cell(runs: &[Busy]) -> String {
+    let share = median(&runs.iter().map(|b| b.share).collect::<Vec<_>>());
+    let user = median(&runs.iter().map(|b| b.user).collect::<Vec<_>>());
+    format!("{} (user {})", pct(share), pct(user))
 }
 
 fn per_round(xs: &[f64]) -> String {
@@ -206,7 +233,7 @@ async fn hits_vs_nginx(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) ->
     // runs[system][conns index] = one Wrk per round; busy[conns index] for the proxy.
     let mut runs: [Vec<Vec<Wrk>>; 2] =
         [vec![Vec::new(); CONNS.len()], vec![Vec::new(); CONNS.len()]];
-    let mut busy: Vec<Vec<f64>> = vec![Vec::new(); CONNS.len()];
+    let mut busy: Vec<Vec<Busy>> = vec![Vec::new(); CONNS.len()];
     let opts = wrk_opts(None);
     for round in 0..ctx.rounds {
         for (k, &conns) in CONNS.iter().enumerate() {
@@ -219,7 +246,7 @@ async fn hits_vs_nginx(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) ->
                 round + 1,
                 p.rps,
                 fmt_us(p.p99_us),
-                pct(b),
+                pct(b.share),
                 n.rps,
                 fmt_us(n.p99_us)
             );
@@ -254,7 +281,7 @@ async fn hits_vs_nginx(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) ->
                 p99,
                 rounds,
                 if s == 0 {
-                    pct(median(&busy[k]))
+                    busy_cell(&busy[k])
                 } else {
                     "-".into()
                 },
@@ -376,7 +403,7 @@ async fn random_ids(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Re
     let url = format!("http://{}/", proxy.addr);
     let before = Stats::get(proxy.admin).await?;
     let mut runs: Vec<Vec<Wrk>> = vec![Vec::new(); scripts.len()];
-    let mut busy: Vec<Vec<f64>> = vec![Vec::new(); scripts.len()];
+    let mut busy: Vec<Vec<Busy>> = vec![Vec::new(); scripts.len()];
     for round in 0..ctx.rounds {
         for (k, (name, script)) in scripts.iter().enumerate() {
             let opts = wrk_opts(Some(script.clone()));
@@ -386,7 +413,7 @@ async fn random_ids(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Re
                 round + 1,
                 w.rps,
                 fmt_us(w.p99_us),
-                pct(b)
+                pct(b.share)
             );
             runs[k].push(w);
             busy[k].push(b);
@@ -408,7 +435,7 @@ async fn random_ids(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Re
             p50,
             p99,
             rounds,
-            pct(median(&busy[k])),
+            busy_cell(&busy[k]),
             format!("{:.2} ({})", median(&ratios), per_round(&ratios)),
         ]);
     }
@@ -524,9 +551,9 @@ async fn redis_l2(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Resu
             "  round {}: L2 {:.0} req/s (core {}), memory {:.0} req/s (core {})",
             round + 1,
             l2.rps,
-            pct(b0),
+            pct(b0.share),
             mem.rps,
-            pct(b1)
+            pct(b1.share)
         );
         l2_runs.push(l2);
         mem_runs.push(mem);
@@ -550,7 +577,7 @@ async fn redis_l2(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Resu
             p50,
             p99,
             rounds,
-            pct(median(&busy[k])),
+            busy_cell(&busy[k]),
             pct(median(&hit_shares[k])),
         ]);
     }
