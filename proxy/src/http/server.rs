@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -50,7 +50,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     /// From accept to the first complete request head (TLS handshake and
-    /// protocol detection included); HTTP/1 also applies it to each later head.
+    /// protocol detection included); HTTP/1 also applies it to each later
+    /// head, from the end of the previous request. Enforced by `conn_watch`.
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
@@ -165,6 +166,9 @@ impl End {
     fn timeout_kind(&self) -> Option<&'static str> {
         match self {
             End::Done => None,
+            // hyper's later-head timeout was never counted; `head` counts
+            // from accept (README "Client deadlines").
+            End::Expired(Expired::NextHead) => None,
             End::Expired(e) => Some(e.label()),
             End::WriteTimeout => Some("write"),
         }
@@ -241,7 +245,7 @@ impl Conn {
         let info = self.info;
         let watch = self.watch.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let in_flight = watch.begin();
+            let in_flight = watch.begin(req.version() < Version::HTTP_2);
             let handler = handler.clone();
             async move {
                 let resp = handler.handle(req, info).await;
@@ -270,7 +274,9 @@ impl Conn {
                 {
                     tracing::debug!(deadline = why.label(), "closing the connection");
                     expired = Some(why);
-                    if why == Expired::Head {
+                    // A head that is late closes outright, as hyper's own
+                    // header timeout did.
+                    if matches!(why, Expired::Head | Expired::NextHead) {
                         break;
                     }
                     conn.as_mut().graceful_shutdown();
@@ -303,8 +309,10 @@ fn connection_builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // The head deadline is the connection watcher's (`conn_watch`):
+        // hyper's would drop and re-box a timer for every request. `None`
+        // also turns off hyper's 30 s default.
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(limits.max_headers)
         // hyper answers a head larger than its read buffer with a bare 431;

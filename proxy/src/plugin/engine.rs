@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -73,6 +73,88 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<HashMap<String, Component>>,
+    ticker: Arc<Ticker>,
+}
+
+/// Runs the epoch clock only while calls are in flight: a ticker that
+/// woke every millisecond for good cost an idle proxy (or one with no
+/// policy at all) about a thousand wake-ups a second. Each call's store
+/// holds a `Ticking` guard; the thread parks when the last one is gone.
+/// Deadlines are unchanged: a store's deadline counts ticks from its
+/// creation, and no tick passes before the first call after a park wakes
+/// the thread, so a parked clock only ever lengthens the time before the
+/// first tick, which the `+1` tick of slack already allows for.
+pub(super) struct Ticker {
+    /// Calls in flight; `None` once the runtime is gone.
+    calls: Mutex<Option<usize>>,
+    wake: Condvar,
+}
+
+impl Ticker {
+    fn new() -> Arc<Ticker> {
+        Arc::new(Ticker {
+            calls: Mutex::new(Some(0)),
+            wake: Condvar::new(),
+        })
+    }
+
+    fn start(self: &Arc<Self>) -> Ticking {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = calls.as_mut() {
+            *n += 1;
+            if *n == 1 {
+                self.wake.notify_one();
+            }
+        }
+        Ticking(self.clone())
+    }
+
+    /// Blocks while no call is in flight; false once the runtime is gone.
+    fn wait_for_calls(&self) -> bool {
+        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = self
+            .wake
+            .wait_while(calls, |c| *c == Some(0))
+            .unwrap_or_else(|p| p.into_inner());
+        calls.is_some()
+    }
+
+    fn stop(&self) {
+        *self.calls.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.wake.notify_one();
+    }
+
+    /// The ticker thread: one epoch increment per `TICK` while any call is
+    /// in flight.
+    fn run(&self, engine: wasmtime::EngineWeak) {
+        while self.wait_for_calls() {
+            // Sleep first: a tick is never shorter than `TICK`, so a call
+            // that wakes the thread is never cut before its deadline.
+            std::thread::sleep(TICK);
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            engine.increment_epoch();
+        }
+    }
+}
+
+/// Keeps the epoch ticking while one call's store is alive.
+pub(super) struct Ticking(Arc<Ticker>);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut calls = self.0.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = calls.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
 }
 
 impl PluginRuntime {
@@ -101,21 +183,18 @@ impl PluginRuntime {
                 previous_host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             })
             .map_err(|e| PluginError::Runtime(format!("linking host imports: {e}")))?;
-        let ticker = engine.weak();
+        let ticker = Ticker::new();
+        let weak = engine.weak();
+        let thread_ticker = ticker.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
+            .spawn(move || thread_ticker.run(weak))
             .map_err(|e| PluginError::Runtime(format!("starting the epoch ticker: {e}")))?;
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            ticker,
         }))
     }
 
@@ -260,6 +339,7 @@ impl PluginRuntime {
             ctx: ctx.clone(),
             output: wasi::Output::default(),
             call: call.cloned(),
+            _ticking: self.ticker.start(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

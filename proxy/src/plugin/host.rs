@@ -152,6 +152,9 @@ pub struct HostState {
     /// What `host.request()` answers; `None` for a guest of the previous
     /// WIT version, which cannot ask.
     pub(super) call: Option<CallInfo>,
+    /// Keeps the epoch clock running (and so the deadline enforced) for as
+    /// long as this call's store lives.
+    pub(super) _ticking: super::engine::Ticking,
 }
 
 impl host::Host for HostState {
