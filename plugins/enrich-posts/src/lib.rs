@@ -1,11 +1,14 @@
 //! The default enrichment policy: writes `userSnapshot` (`id`,
 //! `displayName`, `avatarUrl`) into every post of a top-level `posts`
 //! array, a new-post notification's `post`, or a single post object; `null`
-//! for authors the Officer does not know.
+//! for authors the Officer does not know. A post that already carries a
+//! (stale) snapshot gets it written over in place; the body is scanned
+//! once per response when the proxy runs both calls in one instance
+//! (`post_shape::needed_ids_kept`).
 
 use std::collections::HashMap;
 
-use post_shape::{author_ids_of, splice_snapshots, SnapshotFields};
+use post_shape::{needed_ids_kept, splice_kept, SnapshotFields};
 use serde::Serialize;
 
 wit_bindgen::generate!({ world: "enrich-policy", path: "../wit" });
@@ -14,6 +17,9 @@ use exports::profile_edge::policy::enricher::Guest;
 use profile_edge::policy::types::Profile;
 
 struct Policy;
+
+/// The field every post gets.
+const FIELD: &str = "userSnapshot";
 
 /// What a post carries about its author.
 #[derive(Serialize)]
@@ -27,7 +33,7 @@ struct Snapshot<'a> {
 
 impl Guest for Policy {
     fn needed_ids(body: String) -> Result<Vec<String>, String> {
-        author_ids_of(&body)
+        needed_ids_kept(body, FIELD)
     }
 
     fn enrich(body: String, profiles: Vec<Profile>) -> Result<String, String> {
@@ -43,7 +49,7 @@ impl Guest for Policy {
             .map_err(|e| e.to_string())?;
             snapshots.insert(p.id, snapshot);
         }
-        splice_snapshots(&body, "userSnapshot", &snapshots)
+        splice_kept(&body, FIELD, &snapshots)
     }
 }
 
