@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::plan::Plan;
+use crate::scan::same_bytes;
 
 struct Kept {
     body: String,
@@ -44,7 +45,7 @@ pub fn splice_kept(
 ) -> Result<String, String> {
     let kept = KEPT.with(|k| k.borrow_mut().take());
     let plan = match kept {
-        Some(k) if k.body == body && k.field == field => k.plan,
+        Some(k) if same_bytes(k.body.as_bytes(), body.as_bytes()) && k.field == field => k.plan,
         _ => Plan::new(body, field)?,
     };
     Ok(plan.splice(body, snapshots))

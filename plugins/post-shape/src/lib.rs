@@ -12,10 +12,12 @@ use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+mod fields;
 mod kept;
 mod plan;
 pub mod scan;
 
+pub use fields::{push_json_string, string_fields};
 pub use kept::{needed_ids_kept, splice_kept};
 pub use plan::Plan;
 

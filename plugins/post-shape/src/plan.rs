@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use crate::scan::{Result, Scanner, Str};
+use crate::scan::{same_bytes, Result, Scanner, Str};
 
 /// One post: its author (a string `userId`, the last one), and where the
 /// field goes.
@@ -172,7 +172,7 @@ impl Plan {
         }
         for p in &self.posts[self.ids_from..] {
             if let Some(id) = p.author.as_ref().map(|a| a.text(body)) {
-                if !ids.iter().any(|x| x == id) {
+                if !ids.iter().any(|x| same_bytes(x.as_bytes(), id.as_bytes())) {
                     ids.push(id.to_string());
                 }
             }
