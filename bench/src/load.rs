@@ -437,17 +437,52 @@ pub const WRK: &str = "/usr/bin/wrk";
 
 /// `wrk -t2 -c{conns} -d{secs}s --latency URL`.
 pub async fn wrk(url: &str, conns: usize, secs: u64) -> Result<Wrk> {
-    let mut cmd = tokio::process::Command::new(WRK);
+    wrk_with(url, conns, secs, &WrkOpts::default()).await
+}
+
+/// How `wrk` runs beyond connections and duration.
+#[derive(Clone, Debug)]
+pub struct WrkOpts {
+    pub threads: usize,
+    /// Run it under `taskset -c CPU`.
+    pub cpu: Option<usize>,
+    /// A Lua script (`-s`), e.g. one that picks a path per request.
+    pub script: Option<std::path::PathBuf>,
+}
+
+impl Default for WrkOpts {
+    fn default() -> Self {
+        WrkOpts {
+            threads: 2,
+            cpu: None,
+            script: None,
+        }
+    }
+}
+
+pub async fn wrk_with(url: &str, conns: usize, secs: u64, opts: &WrkOpts) -> Result<Wrk> {
+    let mut cmd = match opts.cpu {
+        Some(cpu) => {
+            let mut c = tokio::process::Command::new(crate::pin::TASKSET);
+            c.args(["-c", &cpu.to_string(), WRK]);
+            c
+        }
+        None => tokio::process::Command::new(WRK),
+    };
     cmd.args([
-        "-t2".to_string(),
+        format!("-t{}", opts.threads),
         format!("-c{conns}"),
         format!("-d{secs}s"),
         "--latency".to_string(),
-        url.to_string(),
-    ])
-    .kill_on_drop(true)
-    .stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(secs + 60), cmd.output())
+    ]);
+    if let Some(script) = &opts.script {
+        cmd.arg("-s").arg(script);
+    }
+    cmd.arg(url)
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    // A script may build a large request table before the clock starts.
+    let out = tokio::time::timeout(Duration::from_secs(secs + 120), cmd.output())
         .await
         .map_err(|_| anyhow!("wrk did not finish"))?
         .with_context(|| format!("run {WRK}"))?;

@@ -11,6 +11,7 @@
 //! ```
 
 mod load;
+mod pin;
 mod procs;
 mod report;
 mod scenarios;
@@ -29,7 +30,8 @@ const USAGE: &str = "usage: profile-edge-bench [--quick] [--only NAME] [--no-bui
 
   --quick      short smoke run (1 round per comparison, smaller counts)
   --only NAME  run one scenario: warm, cold, zipf, enrich, reload, redis, memory, backplane,
-               mongo, fanout (raises its own open-files limit to the hard limit), cluster
+               mongo, fanout (raises its own open-files limit to the hard limit), cluster,
+               pinned (the proxy and nginx on core 0, the load on core 1; needs 2 cores)
   --no-build   do not run `cargo build --release -p profile-edge` first
   --no-write   print only; leave bench/RESULTS.md alone";
 

@@ -139,6 +139,8 @@ pub struct ProxyOpts {
     /// Further TOML sections, written verbatim after the others (the Mongo
     /// tier, change streams, post snapshots).
     pub extra: String,
+    /// Run the proxy under `taskset -c CPU` (one core, so one tokio worker).
+    pub cpu: Option<usize>,
 }
 
 impl ProxyOpts {
@@ -154,6 +156,7 @@ impl ProxyOpts {
             negative_ttl: "30s".into(),
             backplane: false,
             extra: String::new(),
+            cpu: None,
         }
     }
 }
@@ -220,6 +223,19 @@ pub fn proxy_config(listen: SocketAddr, admin: SocketAddr, o: &ProxyOpts) -> Str
     t
 }
 
+/// `program`, or `taskset -c CPU program` when a core is given; taskset
+/// execs the program, so the child's pid is the program's.
+pub fn pinned_command(program: &std::ffi::OsStr, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new(crate::pin::TASKSET);
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Writes `text` to `path` by writing a sibling temp file and renaming it
 /// over `path` (what editors and ConfigMaps do).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -254,7 +270,7 @@ impl Proxy {
         let config_path = dir.join("profile-edge.toml");
         std::fs::write(&config_path, proxy_config(addr, admin, &opts))
             .with_context(|| format!("write {}", config_path.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = pinned_command(bin.as_os_str(), opts.cpu);
         cmd.arg("--config")
             .arg(&config_path)
             .current_dir(dir)
@@ -385,6 +401,10 @@ impl Redis {
     pub fn url(&self) -> String {
         self.guard.0.url()
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.0.pid()
+    }
 }
 
 /// A MongoDB-protocol server: the harness the integration tests use
@@ -449,13 +469,46 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(dir: &Path, origin: SocketAddr) -> Result<Nginx> {
+        let (port, h2_port) = (free_port()?, free_port()?);
+        let location = format!(
+            "location / {{\n      proxy_pass http://{origin};\n      proxy_cache pc;\n\
+               proxy_cache_valid 200 5m;\n      proxy_cache_lock on;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+               add_header X-Cache-Status $upstream_cache_status;\n    }}"
+        );
+        Nginx::launch(dir, "auto", None, port, h2_port, &location).await
+    }
+
+    /// nginx answering every request with `return 200` of `body` as
+    /// `application/json`: the floor a cache hit can be compared with. One
+    /// worker; under `taskset -c CPU` when a core is given.
+    pub async fn start_static(dir: &Path, body: &[u8], cpu: Option<usize>) -> Result<Nginx> {
+        let text = std::str::from_utf8(body).context("the body is not UTF-8")?;
+        // Inside nginx's single quotes only ' and \\ need escaping, and $
+        // would start a variable.
+        if text.contains(['\'', '\\', '$']) {
+            bail!("the body holds ', \\ or $, which nginx's return would change: {text}");
+        }
+        let (port, h2_port) = (free_port()?, free_port()?);
+        let location = format!(
+            "location / {{\n      default_type application/json;\n      return 200 '{text}';\n    }}"
+        );
+        Nginx::launch(dir, "1", cpu, port, h2_port, &location).await
+    }
+
+    async fn launch(
+        dir: &Path,
+        workers: &str,
+        cpu: Option<usize>,
+        port: u16,
+        h2_port: u16,
+        location: &str,
+    ) -> Result<Nginx> {
         if !Path::new(NGINX).exists() {
             bail!("{NGINX} not found (apt-get install -y nginx)");
         }
         std::fs::create_dir_all(dir.join("cache"))
             .with_context(|| format!("create {}/cache", dir.display()))?;
-        let port = free_port()?;
-        let h2_port = free_port()?;
         let d = dir.display();
         // Run as root: the workers must be able to write the cache under our
         // private temp dir (the default `nobody` could not).
@@ -464,7 +517,7 @@ impl Nginx {
             _ => "",
         };
         let conf = format!(
-            "{user}daemon off;\nmaster_process on;\nworker_processes auto;\n\
+            "{user}daemon off;\nmaster_process on;\nworker_processes {workers};\n\
              worker_rlimit_nofile 20000;\n\
              error_log {d}/error.log;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 16384; }}\n\
@@ -474,15 +527,12 @@ impl Nginx {
                proxy_cache_path {d}/cache keys_zone=pc:10m;\n\
                http2_max_concurrent_streams 256;\n\
                server {{\n    listen 127.0.0.1:{port};\n    listen 127.0.0.1:{h2_port} http2;\n\
-                 location / {{\n      proxy_pass http://{origin};\n      proxy_cache pc;\n\
-                   proxy_cache_valid 200 5m;\n      proxy_cache_lock on;\n\
-                   proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
-                   add_header X-Cache-Status $upstream_cache_status;\n    }}\n  }}\n}}\n"
+                 {location}\n  }}\n}}\n"
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)
             .with_context(|| format!("write {}", conf_path.display()))?;
-        let mut cmd = Command::new(NGINX);
+        let mut cmd = pinned_command(NGINX.as_ref(), cpu);
         cmd.arg("-c")
             .arg(&conf_path)
             .arg("-p")

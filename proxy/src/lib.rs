@@ -43,5 +43,7 @@ pub use config::Config;
 /// itself stays private to `demo`.
 #[doc(hidden)]
 pub mod testkit {
-    pub use crate::demo::sim::{user_id, Profile, SimConfig, SimMode, SimOrigin, SimStats};
+    pub use crate::demo::sim::{
+        user_id, PostSnapshots, Profile, SimConfig, SimMode, SimOrigin, SimStats,
+    };
 }

@@ -9,6 +9,7 @@ mod enrich;
 mod fanout;
 mod memory;
 mod mongo;
+mod pinned;
 mod redis_tier;
 mod reload;
 mod warm;
@@ -65,6 +66,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "cluster",
         "11. Redis Cluster: L2 hits on a 6-node cluster vs standalone Redis; a primary killed under load",
     ),
+    (
+        "pinned",
+        "12. Pinned: the proxy alone on one core vs nginx; random ids over 1M cached; RSS per 100k; Redis L2 vs memory; enrichment over stale snapshots",
+    ),
 ];
 
 pub struct Ctx {
@@ -106,6 +111,7 @@ pub async fn run(key: &'static str, ctx: &Ctx) -> Section {
         "mongo" => mongo::run(ctx, &mut sec).await,
         "fanout" => fanout::run(ctx, &mut sec).await,
         "cluster" => cluster::run(ctx, &mut sec).await,
+        "pinned" => pinned::run(ctx, &mut sec).await,
         other => Err(anyhow::anyhow!("no scenario {other}")),
     };
     if let Err(e) = result {

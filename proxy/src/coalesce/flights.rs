@@ -4,7 +4,7 @@
 //! loading again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -22,9 +22,17 @@ pub enum FlightEnd<T: Clone> {
 pub type FlightRx<T> = watch::Receiver<Option<FlightEnd<T>>>;
 pub type FlightTx<T> = watch::Sender<Option<FlightEnd<T>>>;
 
-/// The registry of loads in flight, one per id.
+/// The registry of loads in flight, one per id. Keys are shared with the
+/// loads (`join_each`), so an id is copied once per flight.
 pub struct Flights<T: Clone> {
-    map: Mutex<HashMap<String, FlightRx<T>>>,
+    map: Mutex<HashMap<Arc<str>, FlightRx<T>>>,
+}
+
+/// One id's part in the loads: this caller loads it, or waits on the
+/// flight someone else started.
+pub enum Part<T: Clone> {
+    Owner(Arc<str>, FlightTx<T>),
+    Waiter(FlightRx<T>),
 }
 
 /// How a caller takes part in the loads for its ids.
@@ -66,14 +74,14 @@ impl<T: Clone> Flights<T> {
             };
         };
         for id in ids {
-            match map.get(id) {
+            match map.get(id.as_str()) {
                 Some(rx) => {
                     coalesced += 1;
                     waits.push((id.clone(), rx.clone()));
                 }
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    map.insert(id.clone(), rx.clone());
+                    map.insert(Arc::from(id.as_str()), rx.clone());
                     owned.push((id.clone(), tx));
                     waits.push((id.clone(), rx));
                 }
@@ -84,6 +92,38 @@ impl<T: Clone> Flights<T> {
             waits,
             coalesced,
         }
+    }
+
+    /// Like `join`, for callers that answer their own ids without waiting
+    /// on a channel: an owner gets the id (the registry's one copy) and the
+    /// sender, and nothing to wait on. Answers in the order of `ids`, with
+    /// how many ids joined a flight someone else started.
+    pub fn join_each<'a>(&self, ids: impl Iterator<Item = &'a str>) -> (Vec<Part<T>>, usize) {
+        let mut parts = Vec::with_capacity(ids.size_hint().0);
+        let mut coalesced = 0;
+        let mut map = self.map.lock().ok();
+        for id in ids {
+            let Some(map) = map.as_mut() else {
+                // A poisoned registry only loses coalescing, not
+                // correctness: load everything ourselves.
+                let (tx, _) = watch::channel(None);
+                parts.push(Part::Owner(Arc::from(id), tx));
+                continue;
+            };
+            match map.get(id) {
+                Some(rx) => {
+                    coalesced += 1;
+                    parts.push(Part::Waiter(rx.clone()));
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let id: Arc<str> = Arc::from(id);
+                    map.insert(id.clone(), rx);
+                    parts.push(Part::Owner(id, tx));
+                }
+            }
+        }
+        (parts, coalesced)
     }
 
     pub fn contains(&self, id: &str) -> bool {

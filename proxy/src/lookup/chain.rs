@@ -11,7 +11,7 @@ use regex::Regex;
 use super::ids::IdRules;
 use super::negative::NegativeBudget;
 use crate::coalesce::batcher::OriginSource;
-use crate::coalesce::{BatchParams, Batcher};
+use crate::coalesce::{BatchParams, Batcher, Gathered};
 use crate::config::{Config, Problem};
 use crate::lifecycle::Tasks;
 use crate::tier::memory::MemoryTier;
@@ -27,10 +27,13 @@ const LOWER_TIERS: &[(&str, BuildTier)] = &[
     ("tiers.mongo", crate::tier::mongo::build),
 ];
 
-/// A shared tier and the section it was built from.
+/// A shared tier, the section it was built from, and its gathered calls
+/// (lookups read and fill through them, so one tick's reads are one call,
+/// and its writes another).
 pub struct Lower {
     pub key: &'static str,
     pub tier: Arc<dyn Tier>,
+    pub calls: Arc<Gathered>,
 }
 
 /// Everything lookups need from one config; swapped whole on reload.
@@ -94,10 +97,13 @@ impl Chain {
                 Some(l) => lower.push(Lower {
                     key,
                     tier: l.tier.clone(),
+                    calls: l.calls.clone(),
                 }),
                 None => {
                     if let Some(tier) = build(cfg, tasks) {
-                        lower.push(Lower { key, tier: tier? });
+                        let tier = tier?;
+                        let calls = Arc::new(Gathered::start(tier.clone(), tasks));
+                        lower.push(Lower { key, tier, calls });
                     }
                 }
             }
@@ -140,16 +146,18 @@ impl Chain {
     /// This chain with `tier` added below the configured ones (unit tests
     /// put a fake shared tier there).
     #[cfg(test)]
-    pub fn with_lower(&self, key: &'static str, tier: Arc<dyn Tier>) -> Chain {
+    pub fn with_lower(&self, key: &'static str, tier: Arc<dyn Tier>, tasks: &Tasks) -> Chain {
         let mut lower: Vec<Lower> = self
             .lower
             .iter()
             .map(|l| Lower {
                 key: l.key,
                 tier: l.tier.clone(),
+                calls: l.calls.clone(),
             })
             .collect();
-        lower.push(Lower { key, tier });
+        let calls = Arc::new(Gathered::start(tier.clone(), tasks));
+        lower.push(Lower { key, tier, calls });
         Chain {
             memory: self.memory.clone(),
             lower,

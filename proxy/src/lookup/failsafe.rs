@@ -65,6 +65,17 @@ impl Fallbacks {
         }
     }
 
+    /// `offer`, winning ties with the copies offered before.
+    pub fn offer_preferred(&mut self, id: &str, entry: Entry, tier: TierKind) {
+        let better = self
+            .best
+            .get(id)
+            .is_none_or(|(f, _)| entry.stale_until >= f.stale_until);
+        if better {
+            self.best.insert(id.to_string(), (entry, tier));
+        }
+    }
+
     pub fn take(&mut self, id: &str) -> Option<(Entry, TierKind)> {
         self.best.remove(id)
     }

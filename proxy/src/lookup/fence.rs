@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const STRIPES: usize = 64;
 
@@ -31,7 +31,8 @@ struct IdState {
     live: u32,
 }
 
-type Stripe = HashMap<String, IdState>;
+/// Keys are the loads' own ids (shared, not copied).
+type Stripe = HashMap<Arc<str>, IdState>;
 
 /// Versions per id for the loads in flight.
 pub struct Fence {
@@ -44,7 +45,7 @@ pub struct Fence {
 /// does that on drop).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ticket {
-    id: String,
+    id: Arc<str>,
     version: u64,
 }
 
@@ -81,11 +82,17 @@ impl Fence {
 
     /// Starts a load of `id` under its current version.
     pub fn begin(&self, id: &str) -> Ticket {
+        self.begin_shared(&Arc::from(id))
+    }
+
+    /// `begin` for an id the load already holds shared: the fence keeps
+    /// that, no copy.
+    pub fn begin_shared(&self, id: &Arc<str>) -> Ticket {
         let mut s = self.stripe(id);
-        let st = s.entry(id.to_string()).or_default();
+        let st = s.entry(id.clone()).or_default();
         st.live += 1;
         Ticket {
-            id: id.to_string(),
+            id: id.clone(),
             version: st.version,
         }
     }
@@ -93,12 +100,12 @@ impl Fence {
     /// Ends a load; forgets the id once no load holds a ticket for it.
     pub fn finish(&self, ticket: &Ticket) {
         let mut s = self.stripe(&ticket.id);
-        let Some(st) = s.get_mut(&ticket.id) else {
+        let Some(st) = s.get_mut(&*ticket.id) else {
             return;
         };
         st.live = st.live.saturating_sub(1);
         if st.live == 0 {
-            s.remove(&ticket.id);
+            s.remove(&*ticket.id);
         }
     }
 
@@ -161,7 +168,7 @@ impl Fence {
 /// still the one the ticket was taken under.
 fn admitted(stripe: &Stripe, ticket: &Ticket) -> bool {
     stripe
-        .get(&ticket.id)
+        .get(&*ticket.id)
         .is_none_or(|st| st.version == ticket.version)
 }
 

@@ -24,6 +24,7 @@ use crate::tier::{now_ms, Entry, Stored, Tier, TierError, TierKind, Written};
 struct FakeTier {
     map: Mutex<HashMap<String, Record>>,
     reads: Mutex<HashMap<String, usize>>,
+    calls: Mutex<usize>,
 }
 
 impl FakeTier {
@@ -32,6 +33,10 @@ impl FakeTier {
             Some(Record::Value(e)) => e.body.clone(),
             _ => None,
         }
+    }
+    /// `get_many` calls so far.
+    fn calls(&self) -> usize {
+        *self.calls.lock().expect("lock")
     }
     fn reads(&self, id: &str) -> usize {
         self.reads
@@ -57,6 +62,7 @@ impl Tier for FakeTier {
         TierKind::Redis
     }
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
+        *self.calls.lock().expect("lock") += 1;
         let map = self.map.lock().expect("lock");
         let mut reads = self.reads.lock().expect("lock");
         Ok(ids
@@ -207,7 +213,10 @@ fn setup_with(cfg: Config, open: bool) -> Setup {
     let profiles = Profiles::with_origin(&cfg, origin.clone(), metrics.clone(), tasks.clone())
         .expect("profiles");
     let tier = Arc::new(FakeTier::default());
-    let chain = profiles.chain.load().with_lower("tiers.fake", tier.clone());
+    let chain = profiles
+        .chain
+        .load()
+        .with_lower("tiers.fake", tier.clone(), &tasks);
     profiles.chain.store(Arc::new(chain));
     Setup {
         cfg,
@@ -298,7 +307,10 @@ async fn a_load_on_another_instance_cannot_write_back_after_an_invalidation() {
         a.tasks.clone(),
     )
     .expect("profiles");
-    let chain = b.chain.load().with_lower("tiers.fake", a.tier.clone());
+    let chain = b
+        .chain
+        .load()
+        .with_lower("tiers.fake", a.tier.clone(), &a.tasks);
     b.chain.store(Arc::new(chain));
 
     let pb = b.clone();
@@ -454,5 +466,66 @@ async fn get_many_answers_in_order_with_one_batch_for_the_misses() {
         2,
         "the misses went out together"
     );
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A fresh value in the fake shared tier.
+async fn in_tier(s: &Setup, id: &str) {
+    let e = Entry::from_origin(Some(profile(id, 1)), now_ms(), Duration::from_secs(3600));
+    s.tier.put_many(&[(id.to_string(), e)]).await.expect("put");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_tier_hits_of_one_tick_are_one_read_and_one_per_id() {
+    // The origin's gate stays shut: a load that reached it would hang.
+    let s = setup(false);
+    for id in ["a1", "a2", "a3"] {
+        in_tier(&s, id).await;
+    }
+    let mut joins = Vec::new();
+    for id in ["a1", "a2", "a3", "a1", "a1"] {
+        let p = s.profiles.clone();
+        joins.push(tokio::spawn(async move { p.get(id).await }));
+    }
+    for j in joins {
+        let loaded = j.await.expect("task").expect("hit");
+        assert_eq!(loaded.tier, TierKind::Redis);
+    }
+    assert_eq!(s.tier.calls(), 1, "one read for the tick");
+    assert_eq!(
+        s.tier.reads("a1"),
+        1,
+        "concurrent misses of one id share it"
+    );
+    assert_eq!(s.metrics.coalesced.get(), 2);
+    assert_eq!(s.origin.calls(), 0);
+    assert_eq!(s.profiles.fence.tracked(), 0, "every ticket returned");
+    assert!(s.profiles.flights.is_empty());
+    let again = s.profiles.get("a2").await.expect("hit");
+    assert_eq!(again.tier, TierKind::Memory, "filled on the way back");
+    s.tasks.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_goes_away_mid_read_leaves_its_waiters_answered() {
+    let s = setup(false);
+    in_tier(&s, "u1").await;
+    let p = s.profiles.clone();
+    let mut owner = Box::pin(async move { p.get("u1").await });
+    // Polled once: it owns the flight and waits on the tier's reader.
+    assert!(tokio::time::timeout(Duration::ZERO, &mut owner)
+        .await
+        .is_err());
+    let p = s.profiles.clone();
+    let waiter = tokio::spawn(async move { p.get("u1").await });
+    while s.metrics.coalesced.get() < 1 {
+        tokio::task::yield_now().await;
+    }
+    drop(owner);
+    let loaded = waiter.await.expect("task").expect("answered");
+    assert_eq!(loaded.tier, TierKind::Redis);
+    assert_eq!(s.origin.calls(), 0);
+    assert!(s.profiles.flights.is_empty());
+    assert_eq!(s.profiles.fence.tracked(), 0, "every ticket returned");
     s.tasks.shutdown(Duration::from_secs(1)).await;
 }

@@ -161,6 +161,29 @@ impl Target {
         }
     }
 
+    /// Like `shared`, for a caller that bounds every call itself (the
+    /// tier's guard): a standalone connection then keeps no response timer
+    /// of its own, so a call pays for one timeout, not two. A cluster
+    /// connection keeps the library's, which also decides its retries and
+    /// slot-map refreshes per node.
+    pub fn shared_bounded_by_caller(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Link, redis::RedisError> {
+        match self {
+            Target::Standalone(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(None)
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100));
+                ConnectionManager::new_lazy_with_config(client.clone(), cfg).map(Link::Managed)
+            }
+            Target::Cluster(_) => self.shared(connect_timeout, response_timeout),
+        }
+    }
+
     /// A connection of its own, for blocking reads (`XREAD BLOCK`) that
     /// would hold up everyone else's commands on a shared one. Connects
     /// now; `response_timeout` must cover a whole block.

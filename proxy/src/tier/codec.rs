@@ -74,6 +74,25 @@ pub fn hex16(n: u64) -> String {
 /// something else under our prefix is a miss, never an error for a client.
 /// Only the canonical encoding is accepted (`encode(decode(b)) == b`).
 pub fn decode(bytes: &[u8]) -> Option<Record> {
+    let mut r = decode_head(bytes)?;
+    if let Record::Value(Entry { body: Some(b), .. }) = &mut r {
+        *b = Bytes::copy_from_slice(&bytes[HEADER..]);
+    }
+    Some(r)
+}
+
+/// `decode` of a value read into a buffer of its own: the profile is that
+/// buffer past the header, not a copy of it.
+pub fn decode_vec(bytes: Vec<u8>) -> Option<Record> {
+    let mut r = decode_head(&bytes)?;
+    if let Record::Value(Entry { body: Some(b), .. }) = &mut r {
+        *b = Bytes::from(bytes).slice(HEADER..);
+    }
+    Some(r)
+}
+
+/// `decode` with a found value's body left empty (the callers fill it).
+fn decode_head(bytes: &[u8]) -> Option<Record> {
     if bytes.len() < HEADER || &bytes[..3] != MAGIC {
         return None;
     }
@@ -82,7 +101,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
     let version = parse_hex16(&bytes[VERSION_AT..ORDER_AT])?;
     let order = parse_hex16(&bytes[ORDER_AT..HEADER])?;
     let body = match bytes[3] {
-        FOUND => Some(Bytes::copy_from_slice(&bytes[HEADER..])),
+        FOUND => Some(Bytes::new()),
         NOT_FOUND if bytes.len() == HEADER => None,
         TOMBSTONE if bytes.len() == HEADER && order == 0 && bytes[4..VERSION_AT] == [0u8; 24] => {
             return Some(Record::Tombstone { version });
@@ -125,7 +144,8 @@ mod tests {
     fn round_trips_found_not_found_and_tombstones() {
         for body in [Some(Bytes::from_static(b"{\"id\":\"a\"}")), None] {
             let e = entry(body);
-            assert_eq!(decode(&encode(&e)), Some(Record::Value(e)));
+            assert_eq!(decode(&encode(&e)), Some(Record::Value(e.clone())));
+            assert_eq!(decode_vec(encode(&e)), Some(Record::Value(e)));
         }
         let t = encode_tombstone(u64::MAX);
         assert_eq!(decode(&t), Some(Record::Tombstone { version: u64::MAX }));

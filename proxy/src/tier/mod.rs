@@ -148,7 +148,7 @@ impl Entry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TierError {
     #[error("{tier} tier is skipped: circuit breaker open after repeated failures")]
     Open { tier: &'static str },
@@ -185,6 +185,14 @@ pub trait Tier: Send + Sync {
     /// Usable (fresh or stale) entries for `ids` and their versions, in the
     /// same order.
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError>;
+
+    /// `get_many` for ids the caller holds as borrowed text (lookups read
+    /// through `coalesce::Reads`); by default a copy of them for
+    /// `get_many`, which a tier on the hot path avoids.
+    async fn get_many_str(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
+        let owned: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        self.get_many(&owned).await
+    }
 
     /// Stores entries, restamped with this tier's TTL, each only under the
     /// conditions above; answers per entry, in order.

@@ -129,6 +129,11 @@ impl ChildServer {
         }
     }
 
+    /// Its process id while it runs (the bench pins it to a core).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

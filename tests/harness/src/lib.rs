@@ -123,6 +123,11 @@ impl RedisServer {
         self.server.log.clone()
     }
 
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.pid()
+    }
+
     /// Kills it now (SIGKILL): to the proxy, a crashed Redis.
     pub fn kill(&mut self) {
         self.server.kill();

@@ -71,6 +71,21 @@ pub struct SimConfig {
     pub latency: Duration,
     pub officer_addr: SocketAddr,
     pub posts_addr: SocketAddr,
+    /// What the posts of `GET /api/posts` carry in `userSnapshot`.
+    pub post_snapshots: PostSnapshots,
+}
+
+/// The `userSnapshot` field of the posts a feed page serves. Real posts
+/// often carry one already (stale, or `null`), which an enrichment policy
+/// must replace; the default leaves the field out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PostSnapshots {
+    #[default]
+    Absent,
+    /// `null`.
+    Null,
+    /// The author's snapshot as of version 0 (an older avatar URL).
+    Stale,
 }
 
 impl Default for SimConfig {
@@ -82,6 +97,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(20),
             officer_addr: loopback,
             posts_addr: loopback,
+            post_snapshots: PostSnapshots::Absent,
         }
     }
 }
@@ -323,6 +339,8 @@ struct Post {
     text: String,
     created_at: String,
     likes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_snapshot: Option<serde_json::Value>,
 }
 
 impl Post {
@@ -336,7 +354,25 @@ impl Post {
             text: format!("Post number {i}: hello from the simulated feed."),
             created_at: format!("2026-02-{day:02}T{hour:02}:{minute:02}:00Z"),
             likes: (i as u64).wrapping_mul(37) % 1000,
+            user_snapshot: None,
         }
+    }
+
+    /// Gives the post the `userSnapshot` that `kind` asks for.
+    fn with_snapshot(mut self, kind: PostSnapshots) -> Post {
+        self.user_snapshot = match kind {
+            PostSnapshots::Absent => None,
+            PostSnapshots::Null => Some(serde_json::Value::Null),
+            PostSnapshots::Stale => {
+                let i = user_index(&self.user_id).unwrap_or(0);
+                Some(serde_json::json!({
+                    "id": self.user_id,
+                    "displayName": format!("User {i} (old name)"),
+                    "avatarUrl": avatar_url(&self.user_id, 0),
+                }))
+            }
+        };
+        self
     }
 }
 
@@ -389,6 +425,7 @@ struct Shared {
     /// must stay stable when users are deleted.
     user_count: usize,
     post_count: usize,
+    post_snapshots: PostSnapshots,
     latency_us: AtomicU64,
     mode: AtomicU8,
     next_notification: AtomicU64,
@@ -492,6 +529,7 @@ impl SimOrigin {
             users: RwLock::new(users),
             user_count: cfg.users,
             post_count: cfg.posts,
+            post_snapshots: cfg.post_snapshots,
             latency_us: AtomicU64::new(duration_to_micros(cfg.latency)),
             mode: AtomicU8::new(SimMode::Healthy.to_u8()),
             next_notification: AtomicU64::new(0),
@@ -966,7 +1004,7 @@ async fn posts(shared: &Shared, req: Request<Incoming>) -> Response<SimBody> {
         };
         let end = offset.saturating_add(limit).min(n_posts);
         let posts = (offset.min(end)..end)
-            .map(|i| Post::synthetic(i, n_users))
+            .map(|i| Post::synthetic(i, n_users).with_snapshot(shared.post_snapshots))
             .collect();
         return json_response(
             StatusCode::OK,
@@ -1123,5 +1161,26 @@ mod tests {
             Some((100, 40))
         );
         assert!(page_params(Some("limit=abc")).is_err());
+    }
+
+    #[test]
+    fn posts_carry_the_snapshot_asked_for() {
+        let json = |kind| {
+            serde_json::to_value(Post::synthetic(7, 5000).with_snapshot(kind))
+                .expect("a post serializes")
+        };
+        assert!(json(PostSnapshots::Absent).get("userSnapshot").is_none());
+        assert_eq!(
+            json(PostSnapshots::Null)["userSnapshot"],
+            serde_json::Value::Null
+        );
+        let stale = json(PostSnapshots::Stale);
+        assert_eq!(stale["userSnapshot"]["id"], stale["userId"]);
+        let author = stale["userId"].as_str().expect("userId is a string");
+        assert_eq!(stale["userSnapshot"]["avatarUrl"], avatar_url(author, 0));
+        assert_ne!(
+            avatar_url(author, 0),
+            Profile::synthetic(user_index(author).expect("a sim id")).avatar_url
+        );
     }
 }

@@ -22,11 +22,12 @@
 //! for it under a version the tier did not answer.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::Script;
+use redis::{RedisWrite, Script, ToRedisArgs};
 
 use super::codec::{self, Record};
 use super::guard::{retry_removes, Pending, Retry};
@@ -52,8 +53,26 @@ pub struct RedisTier {
     remove_script: Script,
 }
 
-/// One key of a batch: its place in the batch and its Redis key.
-type Keyed = (usize, String);
+/// One id of a batch: its place in the batch, the id, and its key's slot
+/// (0 on a standalone Redis).
+type Keyed<'a> = (usize, &'a str, u16);
+
+/// An id's key as a command argument: prefix and id are written straight
+/// into the command, with no string made per key.
+struct Key<'a>(&'a str, &'a str);
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)?;
+        f.write_str(self.1)
+    }
+}
+
+impl ToRedisArgs for Key<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
+    }
+}
 
 impl RedisTier {
     /// Creates the tier without connecting: Redis may be down at start-up,
@@ -66,7 +85,8 @@ impl RedisTier {
     ) -> Result<Arc<RedisTier>, LinkError> {
         let endpoint = cfg.endpoint();
         let target = Target::open(&endpoint)?;
-        let conn = target.shared(cfg.connect_timeout.get(), cfg.timeout.get())?;
+        // Every call runs under the node's guard, which has the timeout.
+        let conn = target.shared_bounded_by_caller(cfg.connect_timeout.get(), cfg.timeout.get())?;
         let nodes = Arc::new(Nodes::new(
             target.is_cluster(),
             endpoint
@@ -102,25 +122,38 @@ impl RedisTier {
         Ok(tier)
     }
 
-    fn key(&self, id: &str) -> String {
-        format!("{}{id}", self.prefix)
+    fn key<'a>(&'a self, id: &'a str) -> Key<'a> {
+        Key(&self.prefix, id)
     }
 
-    /// `ids` as keys, split by node.
-    fn groups<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<Group<Keyed>> {
-        let keyed: Vec<Keyed> = ids.map(|id| self.key(id)).enumerate().collect();
-        self.nodes.group(keyed, |(_, k)| k.as_bytes())
+    /// `ids` split by the node serving their keys.
+    fn groups<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<Group<Keyed<'a>>> {
+        let cluster = self.nodes.is_cluster();
+        let mut key = String::new();
+        let keyed: Vec<Keyed> = ids
+            .enumerate()
+            .map(|(i, id)| {
+                if !cluster {
+                    return (i, id, 0);
+                }
+                key.clear();
+                key.push_str(&self.prefix);
+                key.push_str(id);
+                (i, id, slot(key.as_bytes()))
+            })
+            .collect();
+        self.nodes.group(keyed, |k| k.2)
     }
 
     /// One node's keys split into script calls: on a cluster one per slot
     /// (a script may not cross slots), standalone all in one.
-    fn per_call<'a>(&self, items: &'a [Keyed]) -> Vec<Vec<&'a Keyed>> {
+    fn per_call<'a, 'b>(&self, items: &'a [Keyed<'b>]) -> Vec<Vec<&'a Keyed<'b>>> {
         if !self.nodes.is_cluster() {
             return vec![items.iter().collect()];
         }
         let mut by_slot: BTreeMap<u16, Vec<&Keyed>> = BTreeMap::new();
         for k in items {
-            by_slot.entry(slot(k.1.as_bytes())).or_default().push(k);
+            by_slot.entry(k.2).or_default().push(k);
         }
         by_slot.into_values().collect()
     }
@@ -146,8 +179,8 @@ impl RedisTier {
                         let mut versions: Vec<(usize, u64)> = Vec::with_capacity(g.items.len());
                         let answers = try_join_all(calls.iter().map(|keys| {
                             let mut call = self.remove_script.prepare_invoke();
-                            for (_, key) in keys {
-                                call.key(key);
+                            for (_, id, _) in keys {
+                                call.key(self.key(id));
                             }
                             call.arg(head).arg(px);
                             let mut conn = conn.clone();
@@ -155,7 +188,7 @@ impl RedisTier {
                         }))
                         .await?;
                         for (keys, vs) in calls.iter().zip(answers) {
-                            versions.extend(keys.iter().map(|(i, _)| *i).zip(vs));
+                            versions.extend(keys.iter().map(|(i, _, _)| *i).zip(vs));
                         }
                         Ok::<_, redis::RedisError>(versions)
                     };
@@ -274,24 +307,29 @@ impl Tier for RedisTier {
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Stored>, TierError> {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.get_many_str(&ids).await
+    }
+
+    async fn get_many_str(&self, ids: &[&str]) -> Result<Vec<Stored>, TierError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let groups = self.groups(ids.iter().map(String::as_str));
+        let groups = self.groups(ids.iter().copied());
         let results = self
             .nodes
             .run(&groups, |g| {
                 let mut conn = self.conn.clone();
-                let keys: Vec<&str> = g.items.iter().map(|(_, k)| k.as_str()).collect();
+                let mut mget = redis::cmd("MGET");
+                for (_, id, _) in &g.items {
+                    mget.arg(self.key(id));
+                }
                 async move {
                     g.guard
-                        .call(async move {
-                            redis::cmd("MGET")
-                                .arg(&keys)
-                                .query_async::<Vec<Option<Vec<u8>>>>(&mut conn)
-                                .await
-                        })
-                        .await
+                            .call(async move {
+                                mget.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
+                            })
+                            .await
                 }
             })
             .await;
@@ -303,7 +341,7 @@ impl Tier for RedisTier {
             match r {
                 Ok(vals) => {
                     reached = true;
-                    for ((i, _), v) in g.items.iter().zip(vals) {
+                    for ((i, _, _), v) in g.items.iter().zip(vals) {
                         values[*i] = Some(v);
                     }
                 }
@@ -326,7 +364,7 @@ impl Tier for RedisTier {
                 let Some(v) = v else {
                     return Stored::unreached();
                 };
-                let (entry, version) = match v.as_deref().and_then(codec::decode) {
+                let (entry, version) = match v.and_then(codec::decode_vec) {
                     Some(Record::Value(e)) => {
                         let version = e.version;
                         (Some(e).filter(|e| e.is_usable(now)), version)
@@ -366,10 +404,10 @@ impl Tier for RedisTier {
                     let work = async {
                         let answers = try_join_all(calls.iter().map(|keys| {
                             let mut call = self.put_script.prepare_invoke();
-                            for (j, key) in keys {
+                            for (j, id, _) in keys {
                                 let e = &stamped[*j];
                                 let px = e.stale_until.saturating_sub(now).max(1);
-                                call.key(key)
+                                call.key(self.key(id))
                                     .arg(codec::encode(e))
                                     .arg(px)
                                     .arg(codec::hex16(e.version))
@@ -381,7 +419,7 @@ impl Tier for RedisTier {
                         .await?;
                         let mut written: Vec<(usize, u8)> = Vec::with_capacity(g.items.len());
                         for (keys, a) in calls.iter().zip(answers) {
-                            written.extend(keys.iter().map(|(j, _)| *j).zip(a));
+                            written.extend(keys.iter().map(|(j, _, _)| *j).zip(a));
                         }
                         Ok::<_, redis::RedisError>(written)
                     };

@@ -19,7 +19,6 @@ use tokio::sync::Notify;
 use super::super::breaker::Breaker;
 use super::super::guard::Guard;
 use crate::lifecycle::Drain;
-use crate::redis_link::slot::slot;
 use crate::redis_link::topology::{Node, Topology};
 use crate::redis_link::Link;
 
@@ -111,9 +110,9 @@ impl Nodes {
             .clone()
     }
 
-    /// Splits `items` by the node serving each one's key (`key_of`), in
+    /// Splits `items` by the node serving each one's key slot (`slot_of`), in
     /// first-seen order of nodes; standalone, one group.
-    pub fn group<T>(&self, items: Vec<T>, key_of: impl Fn(&T) -> &[u8]) -> Vec<Group<T>> {
+    pub fn group<T>(&self, items: Vec<T>, slot_of: impl Fn(&T) -> u16) -> Vec<Group<T>> {
         if !self.cluster {
             return vec![Group {
                 node: self.single.0.clone(),
@@ -125,7 +124,7 @@ impl Nodes {
         let mut groups: Vec<Group<T>> = Vec::new();
         for item in items {
             let node = topology
-                .node_of(slot(key_of(&item)))
+                .node_of(slot_of(&item))
                 .cloned()
                 .unwrap_or_else(|| Node::from(UNKNOWN));
             // The open group of this node, unless it is full.
