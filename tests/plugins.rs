@@ -363,6 +363,37 @@ async fn no_state_leaks_from_one_call_into_the_next() {
     app.shutdown().await;
 }
 
+/// `needed-ids` and `enrich` of one response share one instance when the
+/// profiles are in memory; while the lookup waits on the origin the
+/// instance is let go, and `enrich` runs on a fresh one. Each response gets
+/// its own.
+#[tokio::test]
+async fn one_response_runs_on_one_instance_unless_its_lookup_waits() {
+    let sim = sim_origin(100, Duration::from_millis(1)).await;
+    let app = hostile(&sim, "instance", "open").await;
+    let c = client();
+    let feed = format!("http://{}/api/posts?limit=3", app.main_addr());
+    // Cold: the authors come from the origin.
+    let (status, headers, body) = get(&c, &feed).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-enrichment"], "ok");
+    assert_eq!(
+        json(&body)["instanceCalls"],
+        1,
+        "an instance was held across the origin call"
+    );
+    for _ in 0..3 {
+        let (status, _, body) = get(&c, &feed).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            json(&body)["instanceCalls"],
+            2,
+            "not one instance per response for both calls"
+        );
+    }
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn log_floods_are_rate_limited() {
     let sim = sim_origin(100, Duration::from_millis(1)).await;

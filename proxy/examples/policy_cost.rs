@@ -3,10 +3,15 @@
 //! first file:
 //! `cargo run --release -p profile-edge --example policy_cost -- plugins/dist/enrich_posts.wasm plugins/dist/enrich_posts_js.wasm`
 //!
-//! Per file: size, compile time, the cost of a call as the proxy makes it
-//! (fresh instance per call), split into instantiation and the call itself
+//! Per file: size, compile time, the cost of a response as the proxy runs
+//! it (`needed-ids` and `enrich` on one fresh instance), of each call on a
+//! fresh instance of its own, split into instantiation and the call itself
 //! (the same call repeated on one kept instance), and the linear memory an
 //! instance has after instantiation and after a call.
+//!
+//! `--feed stale` gives every post a stale `userSnapshot` (as real posts
+//! carry), `--feed null` a `null` one; the default has none (as the
+//! simulator serves).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 use profile_edge::config::Config;
 use profile_edge::plugin::bindings::enrich::profile_edge::policy::host;
 use profile_edge::plugin::bindings::enrich::{EnrichPolicy, EnrichPolicyPre};
-use profile_edge::plugin::bindings::{CallInfo, Level, Profile};
+use profile_edge::plugin::bindings::{lend, CallInfo, Level, Profile, ProfileRef};
 use profile_edge::plugin::engine::PluginRuntime;
 use profile_edge::plugin::registry::{check_plugin, load_for_bench};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -71,7 +76,9 @@ struct Figures {
     size: usize,
     compile: Duration,
     load: Duration,
-    /// needed-ids, enrich: fresh instance per call (what the proxy does).
+    /// needed-ids then enrich on one fresh instance (what the proxy does).
+    response: Duration,
+    /// needed-ids, enrich: a fresh instance per call.
     fresh: (Duration, Duration),
     instantiate: Duration,
     /// needed-ids, enrich: on one kept instance.
@@ -83,28 +90,40 @@ struct Figures {
 }
 
 fn main() {
-    let paths: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let shape = match args.iter().position(|a| a == "--feed") {
+        Some(i) => {
+            let shape = args.get(i + 1).cloned().unwrap_or_default();
+            args.drain(i..(i + 2).min(args.len()));
+            shape
+        }
+        None => "none".to_string(),
+    };
+    let paths = args;
     assert!(
         !paths.is_empty(),
-        "usage: policy_cost FILE.wasm [FILE.wasm ...] (ratios are against the first)"
+        "usage: policy_cost [--feed stale|null|none] FILE.wasm [FILE.wasm ...] (ratios are against the first)"
     );
-    let (body, profiles) = feed();
+    let (body, profiles) = feed(&shape);
+    println!(
+        "feed: 20 posts, {} bytes, userSnapshot: {shape}",
+        body.len()
+    );
     let figures: Vec<Figures> = paths.iter().map(|p| measure(p, &body, &profiles)).collect();
     let base = &figures[0];
     println!();
     println!(
-        "| policy | size | compile | per feed (2 calls, fresh instances) | needed-ids | enrich | instantiate | needed-ids, kept instance | enrich, kept instance | memory at start / after enrich |"
+        "| policy | size | compile | per feed (2 calls, one fresh instance) | needed-ids | enrich | instantiate | needed-ids, kept instance | enrich, kept instance | memory at start / after enrich |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in &figures {
-        let feed = f.fresh.0 + f.fresh.1;
         println!(
             "| {} | {:.1} MiB | {:.0?} | {:.0?} ({:.1}x) | {:.0?} | {:.0?} | {:.0?} ({:.1}x) | {:.0?} | {:.0?} | {:.1} / {:.1} MiB |",
             f.file,
             mib(f.size),
             f.compile,
-            feed,
-            ratio(feed, base.fresh.0 + base.fresh.1),
+            f.response,
+            ratio(f.response, base.response),
             f.fresh.0,
             f.fresh.1,
             f.instantiate,
@@ -129,7 +148,9 @@ fn main() {
     }
 }
 
-fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
+fn measure(path: &str, body: &str, owned: &[Profile]) -> Figures {
+    let profiles: Vec<ProfileRef<'_>> = lend(owned);
+    let profiles = &profiles[..];
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let text = format!(
         "[upstreams.officer]\nurl = \"http://127.0.0.1:1\"\n[upstreams.posts]\nurl = \"http://127.0.0.1:2\"\n\
@@ -150,7 +171,20 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
     let load = t.elapsed();
     let plugin = load_for_bench(&config, "p").unwrap();
 
-    // What the proxy does: a fresh instance per call.
+    // What the proxy does: both calls of a response on one fresh instance.
+    let mut response = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..N {
+            let call = call();
+            let mut calls = plugin.enrich_calls(&call);
+            calls.needed_ids(body).unwrap();
+            calls.enrich(body, profiles).unwrap();
+        }
+        response = response.min(t.elapsed() / N);
+    }
+
+    // Each call on a fresh instance of its own.
     let mut fresh = (Duration::MAX, Duration::MAX);
     let mut fresh_faults = 0.0;
     for _ in 0..3 {
@@ -196,7 +230,7 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
         let (f0, t) = (minor_faults(), Instant::now());
         for _ in 0..N {
             enricher
-                .call_enrich(&mut store, body, profiles)
+                .call_enrich(&mut store, body, owned)
                 .unwrap()
                 .unwrap();
         }
@@ -211,6 +245,7 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
         size: bytes.len(),
         compile,
         load,
+        response,
         fresh,
         instantiate,
         kept,
@@ -219,8 +254,8 @@ fn measure(path: &str, body: &str, profiles: &[Profile]) -> Figures {
         faults: (fresh_faults, kept_faults),
     };
     println!(
-        "{}: needed-ids {:?}/call, enrich {:?}/call (fresh instances); instantiate {:?}; kept instance: needed-ids {:?}, enrich {:?}",
-        f.file, f.fresh.0, f.fresh.1, f.instantiate, f.kept.0, f.kept.1
+        "{}: needed-ids {:?}/call, enrich {:?}/call (fresh instances); per feed {:?} (both calls on one instance); instantiate {:?}; kept instance: needed-ids {:?}, enrich {:?}",
+        f.file, f.fresh.0, f.fresh.1, f.response, f.instantiate, f.kept.0, f.kept.1
     );
     f
 }
@@ -256,11 +291,24 @@ fn store(engine: &wasmtime::Engine) -> Store<Probe> {
     store
 }
 
-/// A 20-post feed by 20 authors, and their profiles.
-fn feed() -> (String, Vec<Profile>) {
+/// A 20-post feed by 20 authors, and their profiles; each post with a
+/// stale `userSnapshot` (`stale`), a `null` one, or none.
+fn feed(shape: &str) -> (String, Vec<Profile>) {
     let posts: Vec<serde_json::Value> = (0..20)
-        .map(|i| serde_json::json!({"id": format!("p{i:06}"), "userId": format!("{i:08x}-0000-4000-8000-{i:012x}"),
-            "text": "Post number: hello from the simulated feed.", "createdAt": "2026-02-01T00:00:00Z", "likes": i}))
+        .map(|i| {
+            let id = format!("{i:08x}-0000-4000-8000-{i:012x}");
+            let mut post = serde_json::json!({"id": format!("p{i:06}"), "userId": id,
+                "text": "Post number: hello from the simulated feed.", "createdAt": "2026-02-01T00:00:00Z", "likes": i});
+            let snapshot = match shape {
+                "stale" => serde_json::json!({"id": id, "displayName": "Old name",
+                    "avatarUrl": "https://cdn.example.com/avatars/old.png?v=0"}),
+                "null" => serde_json::Value::Null,
+                "none" => return post,
+                other => panic!("--feed {other}: stale, null or none"),
+            };
+            post["userSnapshot"] = snapshot;
+            post
+        })
         .collect();
     let body = serde_json::json!({"posts": posts, "nextOffset": 20}).to_string();
     let profiles: Vec<Profile> = (0..20)

@@ -1,14 +1,25 @@
 //! The shapes of Posts API bodies an enrichment policy meets: a feed
 //! (`{"posts": [...]}`), a new-post notification (`{"post": {...}}`), or a
-//! single post (an object with `userId`).
+//! single post (an object with `userId`). Read into a `serde_json::Value`
+//! (`parse`, `posts_mut`) for policies that rewrite posts freely, or
+//! scanned in place (`Plan`, over `scan`) to name authors and write one
+//! field, which is what the default policy does on every feed.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+mod fields;
+mod kept;
+mod plan;
+pub mod scan;
+
+pub use fields::{push_json_string, string_fields};
+pub use kept::{needed_ids_kept, splice_kept};
+pub use plan::Plan;
 
 /// The post objects of a body, whatever its shape.
 pub fn posts_mut(doc: &mut Value) -> Vec<&mut Map<String, Value>> {
@@ -49,136 +60,29 @@ pub fn author_ids(doc: &mut Value) -> Vec<String> {
     ids
 }
 
-/// Only the fields that name authors; everything else in the body is
-/// skipped without being built, which is most of `needed-ids`' time saved.
-/// Read leniently: a post whose `userId` is not a string (or that is not an
-/// object) names no author, and the rest of the feed is still enriched.
-/// Like `serde_json::Value`, a repeated key counts by its last occurrence.
-#[derive(Default)]
-struct Shape<'a> {
-    posts: Option<Vec<Option<Cow<'a, str>>>>,
-    post: Option<Option<Cow<'a, str>>>,
-    user_id: Option<Option<Cow<'a, str>>>,
+/// The distinct authors of a body's posts, found in one scan that builds
+/// nothing (`Plan`): the same answer as `author_ids`, for the shapes
+/// `posts_mut` knows. Read leniently: a post whose `userId` is not a
+/// string (or that is not an object) names no author, and the rest of the
+/// feed is still enriched.
+pub fn author_ids_of(body: &str) -> Result<Vec<String>, String> {
+    Ok(Plan::authors(body)?.author_ids(body))
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Shape<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Shape<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Shape<'de>, M::Error> {
-                let mut shape = Shape::default();
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "posts" => shape.posts = Some(m.next_value::<Posts>()?.0),
-                        "post" => shape.post = Some(m.next_value::<Author>()?.0),
-                        "userId" => shape.user_id = Some(m.next_value::<LenientStr>()?.0),
-                        _ => {
-                            m.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(shape)
-            }
-        }
-        d.deserialize_map(V)
-    }
+/// The fields of a profile a snapshot usually needs, read without building
+/// the whole profile; a field of another type than string reads as absent.
+#[derive(Deserialize)]
+pub struct SnapshotFields<'a> {
+    #[serde(borrow, default, rename = "displayName", deserialize_with = "lenient")]
+    pub display_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "avatarUrl", deserialize_with = "lenient")]
+    pub avatar_url: Option<Cow<'a, str>>,
 }
 
-/// The authors of a `posts` value: one entry per element when it is an
-/// array, none when it is anything else.
-struct Posts<'a>(Vec<Option<Cow<'a, str>>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Posts<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Posts<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut s: S) -> Result<Posts<'de>, S::Error> {
-                let mut out = Vec::new();
-                while let Some(a) = s.next_element::<Author>()? {
-                    out.push(a.0);
-                }
-                Ok(Posts(out))
-            }
-            fn visit_map<M: MapAccess<'de>>(self, m: M) -> Result<Posts<'de>, M::Error> {
-                drain_map(m).map(|()| Posts(Vec::new()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-            fn visit_unit<E>(self) -> Result<Posts<'de>, E> {
-                Ok(Posts(Vec::new()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The `userId` of a post when it is an object with a string `userId`.
-struct Author<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Author<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Author<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Author<'de>, M::Error> {
-                let mut id = None;
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
-                    if key == "userId" {
-                        id = m.next_value::<LenientStr>()?.0;
-                    } else {
-                        m.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Author(id))
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, s: S) -> Result<Author<'de>, S::Error> {
-                drain_seq(s).map(|()| Author(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-            fn visit_unit<E>(self) -> Result<Author<'de>, E> {
-                Ok(Author(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
+fn lenient<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    LenientStr::deserialize(d).map(|s| s.0)
 }
 
 /// A string, or `None` for any other JSON value (which is skipped whole).
@@ -237,178 +141,17 @@ fn drain_seq<'de, S: SeqAccess<'de>>(mut s: S) -> Result<(), S::Error> {
     Ok(())
 }
 
-/// The distinct authors of a body's posts, reading nothing else: the same
-/// answer as `author_ids`, for the shapes `posts_mut` knows.
-pub fn author_ids_of(body: &str) -> Result<Vec<String>, String> {
-    let shape: Shape =
-        serde_json::from_str(body).map_err(|e| format!("body is not a posts document: {e}"))?;
-    let found: Vec<Cow<str>> = match (shape.posts, shape.post, shape.user_id) {
-        (Some(posts), _, _) => posts.into_iter().flatten().collect(),
-        (None, Some(post), _) => post.into_iter().collect(),
-        (None, None, Some(id)) => id.into_iter().collect(),
-        (None, None, None) => Vec::new(),
-    };
-    let mut ids: Vec<String> = Vec::with_capacity(found.len());
-    for id in found {
-        if !ids.iter().any(|x| *x == id) {
-            ids.push(id.into_owned());
-        }
-    }
-    Ok(ids)
-}
-
-/// The fields of a profile a snapshot usually needs, read without building
-/// the whole profile; a field of another type than string reads as absent.
-#[derive(Deserialize)]
-pub struct SnapshotFields<'a> {
-    #[serde(borrow, default, rename = "displayName", deserialize_with = "lenient")]
-    pub display_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "avatarUrl", deserialize_with = "lenient")]
-    pub avatar_url: Option<Cow<'a, str>>,
-}
-
-fn lenient<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<Cow<'a, str>>, D::Error> {
-    LenientStr::deserialize(d).map(|s| s.0)
-}
-
-/// A JSON object read as its entries, in order, values left as raw text.
-struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> serde::de::Visitor<'de> for Entries {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut m: M,
-            ) -> Result<RawObject<'de>, M::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(RawObject(out))
-            }
-        }
-        d.deserialize_map(Entries)
-    }
-}
-
 /// Writes `field` into every post of a body: the JSON text `snapshots`
-/// holds for the post's `userId`, `null` when it holds none. The body is not
-/// rebuilt: each post's text gets the new field spliced in before its
-/// closing brace, so the cost is a scan and a copy. A post that already has
-/// the field is rewritten through a full parse, so the field is replaced,
-/// never duplicated.
+/// holds for the post's `userId`, `null` when it holds none. The body is
+/// not rebuilt: each post's text gets the field written over its old value,
+/// or appended after its last entry (`Plan`), so the cost is a scan and a
+/// copy whether or not the posts already carry the field.
 pub fn splice_snapshots(
     body: &str,
     field: &str,
     snapshots: &HashMap<String, String>,
 ) -> Result<String, String> {
-    let top: RawObject =
-        serde_json::from_str(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
-    let key_json = serde_json::to_string(field).map_err(|e| e.to_string())?;
-    let splice = Splice {
-        field,
-        key_json: &key_json,
-        snapshots,
-    };
-    let has = |k: &str| top.0.iter().any(|(key, _)| key == k);
-    if !has("posts") && !has("post") {
-        return if has("userId") {
-            // A single post: the body itself.
-            splice.post_entries(body.trim(), &top)
-        } else {
-            Ok(body.to_string())
-        };
-    }
-    let target = if has("posts") { "posts" } else { "post" };
-    let mut out = String::with_capacity(body.len() + 2048);
-    out.push('{');
-    for (i, (key, raw)) in top.0.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(key).map_err(|e| e.to_string())?);
-        out.push(':');
-        if key != target {
-            out.push_str(raw.get());
-        } else if target == "post" {
-            out.push_str(&splice.post(raw.get())?);
-        } else {
-            match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-                Ok(posts) => {
-                    out.push('[');
-                    for (j, post) in posts.iter().enumerate() {
-                        if j > 0 {
-                            out.push(',');
-                        }
-                        out.push_str(&splice.post(post.get())?);
-                    }
-                    out.push(']');
-                }
-                // `posts` that is not an array is left as it is.
-                Err(_) => out.push_str(raw.get()),
-            }
-        }
-    }
-    out.push('}');
-    Ok(out)
-}
-
-struct Splice<'s> {
-    field: &'s str,
-    key_json: &'s str,
-    snapshots: &'s HashMap<String, String>,
-}
-
-impl Splice<'_> {
-    fn post(&self, post: &str) -> Result<String, String> {
-        let trimmed = post.trim();
-        if !trimmed.starts_with('{') {
-            return Ok(post.to_string()); // not an object: nothing to enrich
-        }
-        let entries: RawObject = serde_json::from_str(trimmed).map_err(|e| e.to_string())?;
-        self.post_entries(trimmed, &entries)
-    }
-
-    /// `text` is a JSON object whose entries are `entries`.
-    fn post_entries(&self, text: &str, entries: &RawObject) -> Result<String, String> {
-        let author = entries
-            .0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "userId")
-            .and_then(|(_, v)| serde_json::from_str::<LenientStr>(v.get()).ok()?.0);
-        let snap = author
-            .as_deref()
-            .and_then(|id| self.snapshots.get(id))
-            .map_or("null", String::as_str);
-        if entries.0.iter().any(|(k, _)| k == self.field) {
-            let mut v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            let snap: Value = serde_json::from_str(snap).map_err(|e| e.to_string())?;
-            if let Some(o) = v.as_object_mut() {
-                o.insert(self.field.to_string(), snap);
-            }
-            return serde_json::to_string(&v).map_err(|e| e.to_string());
-        }
-        let inner = text[..text.len() - 1].trim_end();
-        let mut out = String::with_capacity(text.len() + self.key_json.len() + snap.len() + 2);
-        out.push_str(inner);
-        if !entries.0.is_empty() {
-            out.push(',');
-        }
-        out.push_str(self.key_json);
-        out.push(':');
-        out.push_str(snap);
-        out.push('}');
-        Ok(out)
-    }
+    Ok(Plan::new(body, field)?.splice(body, snapshots))
 }
 
 /// Parses a body, with an error a policy can hand back to the proxy.

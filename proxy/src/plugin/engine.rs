@@ -343,12 +343,17 @@ impl PluginRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // +1: the current tick is already partly over.
-        let ticks = limits.deadline.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        arm_deadline(&mut store, limits);
         store.epoch_deadline_trap();
         store
     }
+}
+
+/// Gives the store's next call its whole deadline, from now.
+pub(super) fn arm_deadline(store: &mut Store<HostState>, limits: &Limits) {
+    // +1: the current tick is already partly over.
+    let ticks = limits.deadline.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+    store.set_epoch_deadline(ticks);
 }
 
 /// Which accepted version a `profile-edge:policy` version falls in.

@@ -14,8 +14,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use serde_json::json;
 
-use super::bindings::{Action, CallInfo, Profile};
-use super::calls::{CallError, Limits, World, SMOKE_PATH};
+use super::bindings::{lend, Action, CallInfo, Profile, ProfileRef};
+use super::calls::{CallError, EnrichInstance, Limits, World, SMOKE_PATH};
 use super::engine::{read, PluginRuntime, Prepared};
 use super::error::PluginError;
 use super::host::PluginContext;
@@ -116,33 +116,31 @@ impl LoadedPlugin {
         r
     }
 
-    /// `needed-ids`; `call` is what the policy is called for.
-    pub fn needed_ids(&self, call: &CallInfo, body: &str) -> Result<Vec<String>, CallError> {
-        if self.world() != World::Enrich {
-            return Err(CallError::Error("not an enrichment policy".into()));
+    /// The calls of one response (`needed-ids`, then `enrich`), on one
+    /// instance: see `EnrichCalls`.
+    pub fn enrich_calls<'a>(&'a self, call: &'a CallInfo) -> EnrichCalls<'a> {
+        EnrichCalls {
+            plugin: self,
+            call,
+            kept: None,
         }
-        let p = &self.prepared;
-        self.call(|| {
-            self.runtime
-                .needed_ids(p, &self.ctx, &self.limits, call, body)
-        })
     }
 
-    /// `enrich`; `call` is what the policy is called for.
+    /// `needed-ids` on an instance of its own; `call` is what the policy
+    /// is called for.
+    pub fn needed_ids(&self, call: &CallInfo, body: &str) -> Result<Vec<String>, CallError> {
+        self.enrich_calls(call).needed_ids(body)
+    }
+
+    /// `enrich` on an instance of its own; `call` is what the policy is
+    /// called for.
     pub fn enrich(
         &self,
         call: &CallInfo,
         body: &str,
-        profiles: &[Profile],
+        profiles: &[ProfileRef<'_>],
     ) -> Result<String, CallError> {
-        if self.world() != World::Enrich {
-            return Err(CallError::Error("not an enrichment policy".into()));
-        }
-        let p = &self.prepared;
-        self.call(|| {
-            self.runtime
-                .enrich(p, &self.ctx, &self.limits, call, body, profiles)
-        })
+        self.enrich_calls(call).enrich(body, profiles)
     }
 
     /// `on-event`; `call` is what the policy is called for.
@@ -157,13 +155,15 @@ impl LoadedPlugin {
         })
     }
 
-    /// Runs the canned input through the policy; the output must be usable.
+    /// Runs the canned input through the policy, as a response is run
+    /// (both calls on one instance); the output must be usable.
     fn smoke_test(&self) -> Result<(), PluginError> {
         let fail = PluginError::SmokeTest;
         match self.world() {
             World::Enrich => {
                 let call = CallInfo::response(SMOKE_PATH, "");
-                let ids = self.needed_ids(&call, SMOKE_BODY).map_err(fail)?;
+                let mut calls = self.enrich_calls(&call);
+                let ids = calls.needed_ids(SMOKE_BODY).map_err(fail)?;
                 let profiles: Vec<Profile> = ids
                     .iter()
                     .map(|id| Profile {
@@ -172,7 +172,7 @@ impl LoadedPlugin {
                             .to_string(),
                     })
                     .collect();
-                let out = self.enrich(&call, SMOKE_BODY, &profiles).map_err(fail)?;
+                let out = calls.enrich(SMOKE_BODY, &lend(&profiles)).map_err(fail)?;
                 serde_json::from_str::<serde::de::IgnoredAny>(&out)
                     .map_err(|e| PluginError::SmokeOutput(e.to_string()))?;
             }
@@ -182,6 +182,61 @@ impl LoadedPlugin {
             }
         }
         Ok(())
+    }
+}
+
+/// The calls of one response to an enrichment policy: `needed-ids`, then
+/// `enrich`, on one instance, made at the first call and kept for the
+/// next (instantiating is a large part of a small call). `release` drops it
+/// while the caller waits on something slow, so that a pooled instance
+/// slot is never held across a round trip; the next call then makes a
+/// fresh one. Each call is metered, and fails, on its own.
+pub struct EnrichCalls<'a> {
+    plugin: &'a LoadedPlugin,
+    call: &'a CallInfo,
+    kept: Option<EnrichInstance>,
+}
+
+impl EnrichCalls<'_> {
+    pub fn needed_ids(&mut self, body: &str) -> Result<Vec<String>, CallError> {
+        let p = self.plugin;
+        if p.world() != World::Enrich {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        }
+        let kept = &mut self.kept;
+        p.call(|| {
+            p.runtime
+                .needed_ids_on(kept, &p.prepared, &p.ctx, &p.limits, self.call, body)
+        })
+    }
+
+    pub fn enrich(&mut self, body: &str, profiles: &[ProfileRef<'_>]) -> Result<String, CallError> {
+        let p = self.plugin;
+        if p.world() != World::Enrich {
+            return Err(CallError::Error("not an enrichment policy".into()));
+        }
+        let kept = &mut self.kept;
+        p.call(|| {
+            p.runtime.enrich_on(
+                kept,
+                &p.prepared,
+                &p.ctx,
+                &p.limits,
+                self.call,
+                body,
+                profiles,
+            )
+        })
+    }
+
+    /// Drops the instance; the next call gets a fresh one.
+    pub fn release(&mut self) {
+        self.kept = None;
+    }
+
+    /// Whether an instance is kept for the next call.
+    pub fn holds_instance(&self) -> bool {
+        self.kept.is_some()
     }
 }
 

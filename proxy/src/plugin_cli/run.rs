@@ -14,7 +14,7 @@ use super::inputs::{self, Input};
 use super::report::{self, CallReport, Report, Run};
 use super::{CliError, RunArgs};
 use crate::config::PluginConfig;
-use crate::plugin::bindings::{CallInfo, Profile};
+use crate::plugin::bindings::{lend, CallInfo, Profile};
 use crate::plugin::calls::{CallError, Limits, World};
 use crate::plugin::error::PluginError;
 use crate::plugin::host::PluginContext;
@@ -164,7 +164,8 @@ fn response() -> CallInfo {
     CallInfo::response(RUN_ROUTE, RUN_ROUTE)
 }
 
-/// `needed-ids`, then `enrich` with the profiles of the ids it named.
+/// `needed-ids`, then `enrich` with the profiles of the ids it named, on
+/// one instance.
 fn enrich(
     args: &RunArgs,
     plugin: &LoadedPlugin,
@@ -178,9 +179,10 @@ fn enrich(
         .map(inputs::read_profiles)
         .transpose()?;
     let mut calls = Vec::new();
-    let (ids, r) = call("needed-ids", ctx, || {
-        plugin.needed_ids(&response(), &body.text)
-    });
+    // As the proxy runs a response: both calls on one instance.
+    let info = response();
+    let mut policy = plugin.enrich_calls(&info);
+    let (ids, r) = call("needed-ids", ctx, || policy.needed_ids(&body.text));
     calls.push(r);
     let Some(ids) = ids else {
         let run = Run::Enrich {
@@ -208,7 +210,7 @@ fn enrich(
         ),
     };
     let (output, mut r) = call("enrich", ctx, || {
-        plugin.enrich(&response(), &body.text, &profiles)
+        policy.enrich(&body.text, &lend(&profiles))
     });
     // The proxy refuses an answer that is not JSON (`on_error` applies).
     if let Some(out) = &output {

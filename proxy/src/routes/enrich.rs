@@ -8,7 +8,10 @@
 
 mod sse;
 
+use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -20,7 +23,7 @@ use crate::config::{EnrichRoute, OnError};
 use crate::http::body::{self, Body, BoxError};
 use crate::http::error::ProxyError;
 use crate::http::server::ConnInfo;
-use crate::plugin::bindings::{CallInfo, Profile};
+use crate::plugin::bindings::{CallInfo, ProfileRef};
 use crate::plugin::registry::LoadedPlugin;
 use crate::routes::passthrough;
 use crate::state::{Runtime, State};
@@ -213,7 +216,12 @@ async fn read_up_to(body: Body, limit: usize) -> Read {
 
 /// Runs the policy over a body; any failure is a reason string for the
 /// `on_error` decision (the outcome is already counted by the plugin).
-/// `call` is what the policy is told it is called for.
+/// `call` is what the policy is told it is called for. `needed-ids` and
+/// `enrich` run on one instance when the profiles are at hand at once
+/// (all in memory, the usual case); when the lookup has to wait on
+/// another tier or the origin, the instance is dropped for the wait and
+/// `enrich` gets a fresh one. The body is checked to be UTF-8 once, and
+/// neither it nor the profiles are copied on their way to the guest.
 pub(crate) async fn enrich_body(
     plugin: Option<Arc<LoadedPlugin>>,
     name: &str,
@@ -223,21 +231,46 @@ pub(crate) async fn enrich_body(
 ) -> Result<Bytes, String> {
     let plugin = plugin.ok_or_else(|| format!("policy {name} is not loaded"))?;
     let text = std::str::from_utf8(bytes).map_err(|e| format!("answer is not UTF-8: {e}"))?;
-    let wanted = plugin.needed_ids(call, text).map_err(|e| e.to_string())?;
-    let profiles = lookup(state, wanted).await;
-    let out = plugin
-        .enrich(call, text, &profiles)
-        .map_err(|e| e.to_string())?;
+    let mut calls = plugin.enrich_calls(call);
+    let wanted = calls.needed_ids(text).map_err(|e| e.to_string())?;
+    let found = {
+        let mut lookup = std::pin::pin!(lookup(state, wanted));
+        match std::future::poll_fn(|cx| Poll::Ready(lookup.as_mut().poll(cx))).await {
+            Poll::Ready(found) => found,
+            Poll::Pending => {
+                calls.release();
+                lookup.await
+            }
+        }
+    };
+    let texts: Vec<Cow<'_, str>> = found.iter().map(|(_, body)| utf8(body)).collect();
+    let profiles: Vec<ProfileRef<'_>> = found
+        .iter()
+        .zip(&texts)
+        .map(|((id, _), json)| ProfileRef { id, json })
+        .collect();
+    let out = calls.enrich(text, &profiles).map_err(|e| e.to_string())?;
     serde_json::from_str::<serde::de::IgnoredAny>(&out)
         .map_err(|e| format!("policy {name} returned a body that is not JSON: {e}"))?;
     Ok(Bytes::from(out))
 }
 
+/// A profile's JSON text as the tiers hold it, borrowed: the Officer's
+/// JSON is UTF-8, and only a body that is not (which no tier should hold)
+/// is copied, with its bad bytes replaced.
+fn utf8(body: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
 /// Looks up the ids a policy asked for, all at once (one coalesced batch
 /// for what is missing). Ids that fail the id pattern are skipped; ids that
 /// cannot be loaded are left out, like unknown ones. The authors of a feed
-/// are active users: each id counts for the periodic warm-up.
-async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
+/// are active users: each id counts for the periodic warm-up. Answers each
+/// id found with its profile's bytes as cached (no copy).
+async fn lookup(state: &State, wanted: Vec<String>) -> Vec<(String, Bytes)> {
     let profiles = &state.profiles;
     let ids = profiles.ids().filter_list(wanted);
     state.warm_up.track_all(&ids);
@@ -249,11 +282,7 @@ async fn lookup(state: &State, wanted: Vec<String>) -> Vec<Profile> {
             if loaded.stale {
                 state.metrics.stale_served.inc();
             }
-            let body = loaded.entry.body?;
-            Some(Profile {
-                id,
-                json: String::from_utf8_lossy(&body).into_owned(),
-            })
+            Some((id, loaded.entry.body?))
         })
         .collect()
 }

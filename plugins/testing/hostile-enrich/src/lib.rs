@@ -10,7 +10,10 @@
 //! (`println!` and `eprintln!`), `clock` (reads the clocks and random
 //! bytes, and writes them into the body), `files` (tries to read a file),
 //! `net` (tries to connect), `exit` (calls `std::process::exit`),
-//! `trap-at-load` (panics on every input, the smoke test's too); anything
+//! `trap-at-load` (panics on every input, the smoke test's too),
+//! `instance` (asks for the posts' authors, and writes how many calls its
+//! instance has served into the body as `instanceCalls`: 2 when
+//! `needed-ids` ran on the same instance, 1 on a fresh one); anything
 //! else behaves.
 
 use std::collections::HashMap;
@@ -26,6 +29,8 @@ use profile_edge::policy::host::{config, log, request, CallKind, Level};
 use profile_edge::policy::types::Profile;
 
 static CALLS: AtomicU32 = AtomicU32::new(0);
+/// Every call this instance served, `needed-ids` included.
+static INSTANCE_CALLS: AtomicU32 = AtomicU32::new(0);
 
 struct Policy;
 
@@ -115,12 +120,27 @@ fn misbehave(body: &str) -> Result<(), String> {
 
 impl Guest for Policy {
     fn needed_ids(body: String) -> Result<Vec<String>, String> {
+        INSTANCE_CALLS.fetch_add(1, Ordering::SeqCst);
         misbehave(&body)?;
+        if mode() == "instance" {
+            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let posts = v["posts"].as_array().cloned().unwrap_or_default();
+            let ids = posts.iter().filter_map(|p| p["userId"].as_str());
+            return Ok(ids.map(str::to_string).collect());
+        }
         Ok(Vec::new())
     }
 
     fn enrich(body: String, _profiles: Vec<Profile>) -> Result<String, String> {
         let n = CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        let served = INSTANCE_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+        if mode() == "instance" {
+            let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("instanceCalls".into(), Value::from(served));
+            }
+            return serde_json::to_string(&v).map_err(|e| e.to_string());
+        }
         if mode() == "clock" && !body.contains("profileEdgeSmokeTest") {
             let mut v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             if let Some(o) = v.as_object_mut() {

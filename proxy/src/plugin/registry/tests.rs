@@ -182,3 +182,96 @@ fn guests_of_the_previous_version_load_and_others_are_refused_by_version() {
         "{msg}"
     );
 }
+
+/// The calls of one response run on one instance, kept only while calls
+/// succeed, and `release` lets it go (what the route does while its lookup
+/// waits on the origin).
+#[test]
+fn the_calls_of_one_response_share_an_instance() {
+    let instance_calls = |out: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(out).expect("json")["instanceCalls"].clone()
+    };
+    let c = config_with(
+        &dist("testing/hostile_enrich.wasm"),
+        r#"{ mode = "instance" }"#,
+    );
+    let p = super::load_for_bench(&c, "feed").expect("loads");
+    let call = CallInfo::response("/api/posts", "/api/posts");
+    let body = r#"{"posts":[{"userId":"a"},{"userId":"b"}]}"#;
+
+    let mut calls = p.enrich_calls(&call);
+    assert!(!calls.holds_instance(), "made at the first call");
+    assert_eq!(calls.needed_ids(body).expect("ids"), ["a", "b"]);
+    assert!(calls.holds_instance());
+    assert_eq!(
+        instance_calls(&calls.enrich(body, &[]).expect("enriches")),
+        2
+    );
+
+    let mut calls = p.enrich_calls(&call);
+    calls.needed_ids(body).expect("ids");
+    calls.release();
+    assert_eq!(
+        instance_calls(&calls.enrich(body, &[]).expect("enriches")),
+        1
+    );
+
+    // Alone, each call has an instance of its own.
+    assert_eq!(
+        instance_calls(&p.enrich(&call, body, &[]).expect("enriches")),
+        1
+    );
+
+    // A failed call keeps nothing.
+    let c = config_with(
+        &dist("testing/hostile_enrich.wasm"),
+        r#"{ mode = "error" }"#,
+    );
+    let p = super::load_for_bench(&c, "feed").expect("loads");
+    let mut calls = p.enrich_calls(&call);
+    assert!(calls.needed_ids(body).is_err());
+    assert!(!calls.holds_instance());
+}
+
+/// Posts that already carry a snapshot (stale, or `null`) get it written
+/// over in place by the default policy: the rest of the text is the
+/// upstream's, byte for byte, and no post has the field twice.
+#[test]
+fn the_default_policy_writes_over_stale_snapshots() {
+    let c = config_with(&dist("enrich_posts.wasm"), "{}");
+    let p = super::load_for_bench(&c, "feed").expect("loads");
+    let call = CallInfo::response("/api/posts", "/api/posts");
+    let body = concat!(
+        r#"{"posts":[{"id":"p1","userId":"a","userSnapshot":{"id":"a","displayName":"Old","avatarUrl":"old"},"text":"x"},"#,
+        r#"{"id":"p2","userSnapshot":null,"userId":"b"},{"id":"p3","userId":"gone","userSnapshot":{"id":"gone"}},"#,
+        r#"{"id":"p4","userId":"a"}],"nextOffset":4}"#
+    );
+    let profiles = vec![
+        crate::plugin::bindings::Profile {
+            id: "a".into(),
+            json: r#"{"id":"a","displayName":"Ann","avatarUrl":"https://a/new.png","bio":"x"}"#
+                .into(),
+        },
+        crate::plugin::bindings::Profile {
+            id: "b".into(),
+            json: r#"{"id":"b","displayName":"Bo"}"#.into(),
+        },
+    ];
+    let mut calls = p.enrich_calls(&call);
+    assert_eq!(calls.needed_ids(body).expect("ids"), ["a", "b", "gone"]);
+    let out = calls
+        .enrich(body, &crate::plugin::bindings::lend(&profiles))
+        .expect("enriches");
+    let a = r#"{"id":"a","displayName":"Ann","avatarUrl":"https://a/new.png"}"#;
+    let b = r#"{"id":"b","displayName":"Bo","avatarUrl":null}"#;
+    assert_eq!(
+        out,
+        concat!(
+            r#"{"posts":[{"id":"p1","userId":"a","userSnapshot":@A,"text":"x"},"#,
+            r#"{"id":"p2","userSnapshot":@B,"userId":"b"},{"id":"p3","userId":"gone","userSnapshot":null},"#,
+            r#"{"id":"p4","userId":"a","userSnapshot":@A}],"nextOffset":4}"#
+        )
+        .replace("@A", a)
+        .replace("@B", b)
+    );
+}
