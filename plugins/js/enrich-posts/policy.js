@@ -82,7 +82,12 @@ function postsOf(doc) {
 
 // ---- Splicing: the body is read as raw entries, never rebuilt. ----
 
-/** Writes `field` into every post of `body` (see the file comment). */
+/**
+ * Writes `field` into every post of `body` (see the file comment), the way
+ * the Rust policy's `post-shape` does: over the field's old value in every
+ * occurrence when a post has it, else appended right after the post's last
+ * entry (or inside an empty post); every other byte stays as sent.
+ */
 function splice(body, field, snapshots) {
   try {
     JSON.parse(body); // the scanner below trusts valid JSON
@@ -96,41 +101,43 @@ function splice(body, field, snapshots) {
   const top = entries(body, start);
   const has = (k) => top.some((e) => e.key === k);
   const keyJson = JSON.stringify(field);
-  if (!has("posts") && !has("post")) {
-    // A single post is the body itself; anything else passes unchanged.
-    return has("userId")
-      ? spliceEntries(body.trim(), top, field, keyJson, snapshots)
-      : body;
-  }
-  const target = has("posts") ? "posts" : "post";
-  const out = [];
-  for (const e of top) {
-    const raw = body.slice(e.from, e.to);
-    let value = raw;
-    if (e.key === target) {
-      if (target === "post") {
-        value = splicePost(raw, field, keyJson, snapshots);
-      } else if (raw.charCodeAt(0) === 0x5b) {
-        const posts = elements(raw, 0).map(([a, b]) =>
-          splicePost(raw.slice(a, b), field, keyJson, snapshots),
-        );
-        value = `[${posts.join(",")}]`;
-      } // `posts` that is not an array is left as it is.
+  const edits = [];
+  const post = (at, list) =>
+    postEdits(body, at, list, field, keyJson, snapshots, edits);
+  if (has("posts")) {
+    // Every occurrence of a repeated key is written, so the body reads the
+    // same whichever one a client keeps.
+    for (const e of top) {
+      if (e.key === "posts" && body.charCodeAt(e.from) === 0x5b) {
+        for (const [a] of elements(body, e.from)) {
+          if (body.charCodeAt(a) === 0x7b) {
+            post(a, entries(body, a));
+          }
+        }
+      }
     }
-    out.push(`${JSON.stringify(e.key)}:${value}`);
+  } else if (has("post")) {
+    for (const e of top) {
+      if (e.key === "post" && body.charCodeAt(e.from) === 0x7b) {
+        post(e.from, entries(body, e.from));
+      }
+    }
+  } else if (has("userId")) {
+    post(start, top); // a single post is the body itself
+  } else {
+    return body; // anything else passes unchanged
   }
-  return `{${out.join(",")}}`;
+  let out = "";
+  let at = 0;
+  for (const [from, to, text] of edits) {
+    out += body.slice(at, from) + text;
+    at = to;
+  }
+  return out + body.slice(at);
 }
 
-function splicePost(text, field, keyJson, snapshots) {
-  if (text.charCodeAt(0) !== 0x7b) {
-    return text; // not an object: nothing to enrich
-  }
-  return spliceEntries(text, entries(text, 0), field, keyJson, snapshots);
-}
-
-/** `text` is a JSON object whose entries are `list`. */
-function spliceEntries(text, list, field, keyJson, snapshots) {
+/** The edits that write `field` into the post object at `at`. */
+function postEdits(text, at, list, field, keyJson, snapshots, edits) {
   let author = null;
   for (let i = list.length - 1; i >= 0; i--) {
     if (list[i].key === "userId") {
@@ -140,15 +147,18 @@ function spliceEntries(text, list, field, keyJson, snapshots) {
     }
   }
   const snap = (author !== null && snapshots.get(author)) || "null";
-  if (list.some((e) => e.key === field)) {
-    // Replace, never duplicate: a full rewrite of this one post.
-    const post = JSON.parse(text);
-    post[field] = JSON.parse(snap);
-    return JSON.stringify(post);
+  const olds = list.filter((e) => e.key === field);
+  if (olds.length > 0) {
+    for (const e of olds) {
+      edits.push([e.from, e.to, snap]);
+    }
+  } else if (list.length > 0) {
+    const end = list[list.length - 1].to;
+    edits.push([end, end, `,${keyJson}:${snap}`]);
+  } else {
+    const close = ws(text, at + 1); // the `}` of an empty post
+    edits.push([close, close, `${keyJson}:${snap}`]);
   }
-  const inner = text.slice(0, text.length - 1).trimEnd();
-  const sep = list.length > 0 ? "," : "";
-  return `${inner}${sep}${keyJson}:${snap}}`;
 }
 
 // A minimal scanner over text already known to be valid JSON: it finds
