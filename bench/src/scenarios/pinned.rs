@@ -180,6 +180,21 @@ fn cells(runs: &[Wrk]) -> [String; 4] {
     rate_cells(runs.iter().map(|w| w.rps).zip(&dists))
 }
 
+/// A row of a proxy's runs: name, the rate cells, its core's busy share,
+/// then `last`.
+fn rate_row(name: &str, runs: &[Wrk], busy: &[Busy], last: String) -> Vec<String> {
+    let [rps, p50, p99, rounds] = cells(runs);
+    vec![
+        name.to_string(),
+        rps,
+        p50,
+        p99,
+        rounds,
+        busy_cell(busy),
+        last,
+    ]
+}
+
 fn rps_ratios(a: &[Wrk], b: &[Wrk]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x.rps / y.rps).collect()
 }
@@ -430,17 +445,13 @@ async fn random_ids(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Re
         &["ids", "req/s (median)", "p50", "p99", "req/s per round", "server core busy", "vs one hot id"],
     );
     for (k, (name, _)) in scripts.iter().enumerate() {
-        let [rps, p50, p99, rounds] = cells(&runs[k]);
         let ratios = rps_ratios(&runs[k], &runs[0]);
-        t.row(vec![
-            name.to_string(),
-            rps,
-            p50,
-            p99,
-            rounds,
-            busy_cell(&busy[k]),
+        t.row(rate_row(
+            name,
+            &runs[k],
+            &busy[k],
             format!("{:.2} ({})", median(&ratios), per_round(&ratios)),
-        ]);
+        ));
     }
     sec.tables.push(t);
     let mut m = Table::new("Memory", &["figure", "value"]);
@@ -573,16 +584,7 @@ async fn redis_l2(ctx: &Ctx, sec: &mut Section, dir: PathBuf, secs: u64) -> Resu
         .iter()
         .enumerate()
     {
-        let [rps, p50, p99, rounds] = cells(runs);
-        t.row(vec![
-            name.to_string(),
-            rps,
-            p50,
-            p99,
-            rounds,
-            busy_cell(&busy[k]),
-            pct(median(&hit_shares[k])),
-        ]);
+        t.row(rate_row(name, runs, &busy[k], pct(median(&hit_shares[k]))));
     }
     sec.tables.push(t);
     let r = median(&ratios);

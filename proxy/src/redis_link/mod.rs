@@ -139,11 +139,35 @@ impl Target {
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Result<Link, redis::RedisError> {
+        self.shared_with(connect_timeout, response_timeout, Some(response_timeout))
+    }
+
+    /// Like `shared`, for a caller that bounds every call itself (the
+    /// tier's guard): a standalone connection then keeps no response timer
+    /// of its own, so a call pays for one timeout, not two. A cluster
+    /// connection keeps the library's, which also decides its retries and
+    /// slot-map refreshes per node.
+    pub fn shared_bounded_by_caller(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Link, redis::RedisError> {
+        self.shared_with(connect_timeout, response_timeout, None)
+    }
+
+    /// `standalone_timeout` is the standalone connection's own response
+    /// timeout (none: the caller's); a cluster always has `response_timeout`.
+    fn shared_with(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        standalone_timeout: Option<Duration>,
+    ) -> Result<Link, redis::RedisError> {
         match self {
             Target::Standalone(client) => {
                 let cfg = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(response_timeout))
+                    .set_response_timeout(standalone_timeout)
                     // The breaker decides when to try again; the manager
                     // should not keep a request waiting through a long
                     // retry ladder.
@@ -158,29 +182,6 @@ impl Target {
                         .set_response_timeout(response_timeout),
                 ),
             )),
-        }
-    }
-
-    /// Like `shared`, for a caller that bounds every call itself (the
-    /// tier's guard): a standalone connection then keeps no response timer
-    /// of its own, so a call pays for one timeout, not two. A cluster
-    /// connection keeps the library's, which also decides its retries and
-    /// slot-map refreshes per node.
-    pub fn shared_bounded_by_caller(
-        &self,
-        connect_timeout: Duration,
-        response_timeout: Duration,
-    ) -> Result<Link, redis::RedisError> {
-        match self {
-            Target::Standalone(client) => {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(None)
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(100));
-                ConnectionManager::new_lazy_with_config(client.clone(), cfg).map(Link::Managed)
-            }
-            Target::Cluster(_) => self.shared(connect_timeout, response_timeout),
         }
     }
 
