@@ -131,6 +131,18 @@ pub struct State {
 }
 
 impl State {
+    /// For unit tests: a real `State` from the smallest valid config (an
+    /// Officer upstream nobody answers on, no tiers below memory, no
+    /// policy loaded).
+    #[cfg(test)]
+    pub(crate) fn minimal() -> Arc<State> {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+                    [upstreams.officer]\nurl = \"http://127.0.0.1:9\"\n";
+        let config = Config::parse(text, "t.toml").expect("config");
+        let runtime = Runtime::build(config, "t.toml").expect("runtime");
+        Arc::new(State::new(runtime, None::<PathBuf>).expect("state"))
+    }
+
     /// Builds the long-lived services from the first runtime; must run
     /// inside the tokio runtime.
     pub fn new(runtime: Runtime, config_path: Option<PathBuf>) -> Result<State, ConfigError> {

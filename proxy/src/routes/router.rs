@@ -228,18 +228,10 @@ mod future_size {
 
     use super::*;
 
-    fn state() -> Arc<State> {
-        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-                    [upstreams.officer]\nurl = \"http://127.0.0.1:9\"\n";
-        let config = crate::config::Config::parse(text, "t.toml").expect("config");
-        let runtime = Runtime::build(config, "t.toml").expect("runtime");
-        Arc::new(State::new(runtime, None::<std::path::PathBuf>).expect("state"))
-    }
-
     /// The size of `MainRouter::handle`'s future for a real hyper request
     /// (an `Incoming` body only comes from a connection).
     async fn handle_future_size() -> usize {
-        let router = Arc::new(MainRouter::new(state()));
+        let router = Arc::new(MainRouter::new(State::minimal()));
         let (client, server) = tokio::io::duplex(4096);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = ConnInfo {

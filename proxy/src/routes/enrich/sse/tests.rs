@@ -4,7 +4,6 @@
 //! relay itself over a live body with a real `State`.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -15,7 +14,7 @@ use serde_json::Value;
 use super::{event_data, is_event_stream, relay, with_data, Piece, Splitter};
 use crate::http::body::{Body, BoxError};
 use crate::plugin::bindings::CallInfo;
-use crate::state::{Runtime, State};
+use crate::state::State;
 
 /// A stand-in policy: wraps JSON data as `{"enriched": <data>}`.
 fn fake_enrich(data: &[u8]) -> Option<Vec<u8>> {
@@ -267,16 +266,6 @@ fn only_plain_event_stream_successes_are_relayed() {
     ));
 }
 
-/// A real `State` with no policy loaded: every event with JSON data fails
-/// enrichment and goes out as it came.
-fn state() -> Arc<State> {
-    let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-                [upstreams.officer]\nurl = \"http://127.0.0.1:9\"\n";
-    let config = crate::config::Config::parse(text, "t.toml").expect("config");
-    let runtime = Runtime::build(config, "t.toml").expect("runtime");
-    Arc::new(State::new(runtime, None::<std::path::PathBuf>).expect("state"))
-}
-
 type Chunks = tokio::sync::mpsc::UnboundedSender<Result<Bytes, BoxError>>;
 
 /// An upstream answer whose body the test writes chunk by chunk.
@@ -309,7 +298,9 @@ fn outcome(state: &State, outcome: &str) -> u64 {
 
 #[tokio::test]
 async fn the_relay_writes_each_event_before_the_next_arrives_and_ends_at_shutdown() {
-    let state = state();
+    // No policy loaded: every event with JSON data fails enrichment and
+    // goes out as it came.
+    let state = State::minimal();
     let (tx, resp) = upstream();
     let (parts, mut body) = relay(
         resp,
@@ -343,7 +334,7 @@ async fn the_relay_writes_each_event_before_the_next_arrives_and_ends_at_shutdow
 
 #[tokio::test]
 async fn the_relay_ends_with_its_upstream_and_passes_on_its_errors() {
-    let state = state();
+    let state = State::minimal();
     let (tx, resp) = upstream();
     let mut body = relay(
         resp,
